@@ -1,0 +1,119 @@
+"""Command line: `python -m service [serve]` runs an instance; `token --admin` mints a token."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Callable, Sequence
+
+from aiohttp import web
+
+from . import keys
+from .app import create_app
+from .auth import Role, Tokens
+from .config import ConfigError, Settings, load_settings
+
+log = logging.getLogger("service")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    parser.add_argument("--config", help="a TOML file read after config/default.toml")
+    parser.add_argument("--host", help="listening address (FV_HOST)")
+    parser.add_argument("--port", type=int, help="listening port (PORT)")
+    commands = parser.add_subparsers(dest="command")
+    commands.add_parser("serve", help="run one instance (the default)")
+    token = commands.add_parser("token", help="print a token signed with the configured secret")
+    token.add_argument("--admin", action="store_true", help="an admin token (required for now)")
+    return parser
+
+
+def _tokens(settings: Settings) -> Tokens:
+    return Tokens(
+        settings.secret,
+        voter_ttl=settings.voter_token_ttl,
+        admin_ttl=settings.admin_token_ttl,
+        cache_size=1,
+    )
+
+
+async def serve(settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT, then drain: readyz 503, sockets closed, requests finished."""
+    app = create_app(settings)
+    runner = web.AppRunner(
+        app, shutdown_timeout=settings.shutdown_timeout, access_log=None, handle_signals=False
+    )
+    await runner.setup()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port).start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        log.info(
+            "serving on http://%s:%d (store: %s)",
+            settings.host,
+            settings.port,
+            settings.store.split("@")[-1],
+        )
+        if settings.secret.generated:
+            token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
+            log.warning(
+                "no FV_SECRET: using a random secret for this process only; admin token: %s", token
+            )
+        await stop.wait()
+        log.info("draining: readyz answers 503 for %.1fs, then sockets close", settings.drain_delay)
+        app[keys.LIFECYCLE].draining = True
+        await asyncio.sleep(settings.drain_delay)
+    finally:
+        await runner.cleanup()
+    log.info("stopped")
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop
+    return uvloop.new_event_loop
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = load_settings(
+            config_file=args.config, flags={"host": args.host, "port": args.port}
+        )
+    except ConfigError as exc:
+        print(f"feature-votes: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "token":
+        if not args.admin:
+            print("feature-votes: only admin tokens are minted here (--admin)", file=sys.stderr)
+            return 2
+        token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
+        print(token)
+        return 0
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            runner.run(serve(settings))
+    except ConfigError as exc:
+        print(f"feature-votes: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(
+            f"feature-votes: cannot listen on {settings.host}:{settings.port}: {exc.strerror}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

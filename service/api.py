@@ -1,0 +1,240 @@
+"""Thin REST handlers: parse, authorise, call the store, encode. No state between requests."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import UTC, datetime
+from typing import Final, TypeVar
+
+import msgspec
+from aiohttp import web
+
+from . import keys
+from .auth import Claims, Role, bearer_token, require_role
+from .errors import ApiError, invalid_input
+from .schemas import (
+    IDEMPOTENCY_KEY_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    Feature,
+    FeatureList,
+    MyVotes,
+    ProblemItem,
+    Sort,
+    Status,
+    TokenOut,
+    encoder,
+    feature_create_decoder,
+    feature_patch_decoder,
+    vote_decoder,
+)
+from .store import CursorKey
+from .store.base import KEY_LENGTH
+
+JSON: Final = "application/json"
+_FEATURE_ID: Final = re.compile(r"^[1-9][0-9]{0,17}$")
+_IDEMPOTENCY_KEY: Final = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}$")
+_LIMIT: Final = re.compile(r"^[0-9]{1,3}$")
+_cursor_decoder: Final = msgspec.json.Decoder(list[str | int])
+T = TypeVar("T")
+
+routes = web.RouteTableDef()
+
+
+def json_response(
+    obj: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(body=encoder.encode(obj), status=status, content_type=JSON, headers=headers)
+
+
+def _query_error(name: str, msg: str) -> ApiError:
+    return ApiError(422, f"{name}: {msg}", errors=[ProblemItem(loc=f"query.{name}", msg=msg)])
+
+
+def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
+    """Verified claims of the request's bearer token (401/403 through the domain errors)."""
+    token = bearer_token(request.headers.get("Authorization"))
+    return require_role(request.app[keys.TOKENS].verify(token), role)
+
+
+def feature_id(request: web.Request) -> int:
+    raw = request.match_info["id"]
+    if not _FEATURE_ID.match(raw):
+        raise ApiError(404, f"feature {raw!r} does not exist; ids are positive integers")
+    return int(raw)
+
+
+async def read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a JSON body; 415 for another media type, 413 over the size limit, 400/422 else."""
+    if request.content_type != JSON and not request.content_type.endswith("+json"):
+        raise ApiError(415, f"send the body as {JSON}, not {request.content_type!r}")
+    body = await request.read()
+    try:
+        return decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise invalid_input(exc) from None
+
+
+# --- stats and identity -------------------------------------------------------------------------
+
+
+def etag_matches(if_none_match: str | None, etag: str) -> bool:
+    """Weak comparison (RFC 9110 13.1.2) of an If-None-Match list against our ETag."""
+    if not if_none_match:
+        return False
+    wanted = etag.removeprefix("W/")
+    for candidate in if_none_match.split(","):
+        candidate = candidate.strip()
+        if candidate == "*" or candidate.removeprefix("W/") == wanted:
+            return True
+    return False
+
+
+@routes.get("/features/stats")
+@routes.get("/stats")
+async def stats(request: web.Request) -> web.Response:
+    view = await request.app[keys.STORE].stats()
+    headers = {"ETag": view.etag, "Cache-Control": "no-cache"}
+    if etag_matches(request.headers.get("If-None-Match"), view.etag):
+        return web.Response(status=304, headers=headers)
+    return web.Response(body=view.body, content_type=JSON, headers=headers)
+
+
+# --- features -----------------------------------------------------------------------------------
+
+
+def encode_cursor(sort: Sort, status: Status | None, key: CursorKey) -> str:
+    raw = encoder.encode([sort.value, status.value if status else "", *key])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str, sort: Sort, status: Status | None) -> CursorKey:
+    try:
+        parts = _cursor_decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, msgspec.DecodeError):
+        raise _query_error("cursor", "not a cursor this server made") from None
+    if parts[:2] != [sort.value, status.value if status else ""]:
+        raise _query_error("cursor", "the cursor belongs to another sort or status")
+    key = parts[2:]
+    if len(key) != KEY_LENGTH[sort] or not all(type(k) is int for k in key):
+        raise _query_error("cursor", "not a cursor this server made")
+    return tuple(k for k in key if isinstance(k, int))
+
+
+def _enum_query(request: web.Request, name: str, kind: type[Sort] | type[Status]) -> str | None:
+    raw = request.query.get(name)
+    if raw is None:
+        return None
+    try:
+        return kind(raw).value
+    except ValueError:
+        allowed = ", ".join(m.value for m in kind)
+        raise _query_error(name, f"must be one of {allowed}") from None
+
+
+@routes.get("/features")
+async def list_features(request: web.Request) -> web.Response:
+    sort = Sort(_enum_query(request, "sort", Sort) or Sort.TOP)
+    raw_status = _enum_query(request, "status", Status)
+    status = Status(raw_status) if raw_status else None
+    raw_limit = request.query.get("limit", str(PAGE_DEFAULT))
+    if not (_LIMIT.match(raw_limit) and 1 <= int(raw_limit) <= PAGE_MAX):
+        raise _query_error("limit", f"must be an integer from 1 to {PAGE_MAX}")
+    cursor = request.query.get("cursor")
+    after = decode_cursor(cursor, sort, status) if cursor else None
+    page = await request.app[keys.STORE].list_features(
+        sort=sort, status=status, limit=int(raw_limit), after=after
+    )
+    next_cursor = encode_cursor(sort, status, page.next_key) if page.next_key else None
+    return json_response(FeatureList(items=page.items, next_cursor=next_cursor))
+
+
+def _created(feature: Feature, replayed: bool) -> web.Response:
+    headers = {"Location": f"/features/{feature.id}"}
+    if replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return json_response(feature, status=201, headers=headers)
+
+
+@routes.post("/features")
+async def create_feature(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+        raise ApiError(
+            422,
+            f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters",
+            errors=[ProblemItem(loc="header.Idempotency-Key", msg="invalid")],
+        )
+    new = await read_body(request, feature_create_decoder)
+    created = await request.app[keys.STORE].create_feature(
+        new, owner=claims.sub, idempotency_key=key
+    )
+    if not created.replayed:
+        request.app[keys.METRICS].features.labels("create").inc()
+    return _created(created.feature, created.replayed)
+
+
+@routes.get("/features/{id}")
+async def get_feature(request: web.Request) -> web.Response:
+    return json_response(await request.app[keys.STORE].get_feature(feature_id(request)))
+
+
+@routes.patch("/features/{id}")
+async def patch_feature(request: web.Request) -> web.Response:
+    claims_of(request, Role.ADMIN)
+    fid = feature_id(request)
+    patch = await read_body(request, feature_patch_decoder)
+    feature = await request.app[keys.STORE].update_feature(fid, patch)
+    request.app[keys.METRICS].features.labels("update").inc()
+    return json_response(feature)
+
+
+@routes.delete("/features/{id}")
+async def delete_feature(request: web.Request) -> web.Response:
+    claims_of(request, Role.ADMIN)
+    await request.app[keys.STORE].delete_feature(feature_id(request))
+    request.app[keys.METRICS].features.labels("delete").inc()
+    return web.Response(status=204)
+
+
+# --- votes --------------------------------------------------------------------------------------
+
+
+@routes.put("/features/{id}/vote")
+@routes.post("/features/{id}/vote")
+async def put_vote(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    fid = feature_id(request)
+    vote = await read_body(request, vote_decoder)
+    result = await request.app[keys.STORE].set_vote(claims.sub, fid, vote.value)
+    request.app[keys.METRICS].votes.labels("vote").inc()
+    return json_response(result)
+
+
+@routes.delete("/features/{id}/vote")
+async def retract_vote(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    result = await request.app[keys.STORE].set_vote(claims.sub, feature_id(request), 0)
+    request.app[keys.METRICS].votes.labels("retract").inc()
+    return json_response(result)
+
+
+@routes.get("/me/votes")
+async def my_votes(request: web.Request) -> web.Response:
+    claims = claims_of(request)
+    votes = await request.app[keys.STORE].votes_of(claims.sub)
+    return json_response(MyVotes(votes={str(k): v for k, v in votes.items()}))  # type: ignore[misc]
+
+
+@routes.post("/auth/token")
+async def issue_token(request: web.Request) -> web.Response:
+    token, claims = request.app[keys.TOKENS].issue(Role.VOTER)
+    out = TokenOut(token=token, voter_id=claims.sub, expires_at=_utc(claims.exp))
+    return json_response(out, status=201, headers={"Cache-Control": "no-store"})
+
+
+def _utc(timestamp: int) -> datetime:
+    return datetime.fromtimestamp(timestamp, UTC)

@@ -1,0 +1,74 @@
+"""create_app(settings): the one place where the application is wired together."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Final
+
+import aiohttp_jinja2
+import jinja2
+from aiohttp import web
+from swagger_ui.utils import SWAGGER_UI_PY_ROOT
+
+from . import api, keys, ops
+from .auth import Tokens
+from .config import PROJECT_ROOT, ConfigError, Settings
+from .errors import problem_middleware
+from .metrics import Metrics, metrics_middleware
+from .openapi import document_bytes
+from .store import MemoryStore, Store
+
+WEB_ROOT: Final = PROJECT_ROOT / "web"
+
+
+def make_store(settings: Settings) -> Store:
+    """The store named by the `store` setting."""
+    if settings.store == "memory":
+        return MemoryStore(top_n=settings.top_n, idempotency_ttl=settings.idempotency_ttl)
+    raise ConfigError("store", f"{settings.store.split(':')[0]} stores are not supported yet")
+
+
+def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
+    """Build the application; a given store is shared, not owned (the caller closes it)."""
+    metrics = Metrics()
+    app = web.Application(
+        client_max_size=settings.max_body_size,
+        middlewares=[metrics_middleware(metrics), problem_middleware],
+    )
+    app[keys.SETTINGS] = settings
+    app[keys.METRICS] = metrics
+    app[keys.LIFECYCLE] = keys.Lifecycle()
+    app[keys.TOKENS] = Tokens(
+        settings.secret,
+        voter_ttl=settings.voter_token_ttl,
+        admin_ttl=settings.admin_token_ttl,
+        cache_size=settings.token_cache_size,
+    )
+    app[keys.STORE] = store if store is not None else make_store(settings)
+    if store is None:
+        app.cleanup_ctx.append(_close_store)
+    app.cleanup_ctx.append(_follow_seq)
+    app.on_shutdown.append(_start_draining)
+
+    app.add_routes(api.routes)
+    app.add_routes(ops.routes)
+    app.router.add_static("/static/swagger/", SWAGGER_UI_PY_ROOT / "static")
+    app.router.add_static("/static/", WEB_ROOT / "static")
+    aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_ROOT / "templates"))
+    app[keys.OPENAPI_BODY] = document_bytes()
+    return app
+
+
+async def _close_store(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.STORE].close()
+
+
+async def _follow_seq(app: web.Application) -> AsyncIterator[None]:
+    unsubscribe = app[keys.STORE].subscribe(app[keys.METRICS].seq.set)
+    yield
+    unsubscribe()
+
+
+async def _start_draining(app: web.Application) -> None:
+    app[keys.LIFECYCLE].draining = True

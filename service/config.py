@@ -1,0 +1,158 @@
+"""Settings: code defaults < config/*.toml < environment < command-line flags."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as _secrets
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Final
+
+import msgspec
+
+PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_FILE: Final = PROJECT_ROOT / "config" / "default.toml"
+# Environment names fixed by the public contract; every other setting is FV_<NAME>.
+CONTRACT_ENV: Final = {"PORT": "port"}
+# HS256 keys shorter than the hash output weaken the MAC (RFC 7518 3.2).
+MIN_SECRET_LENGTH: Final = 32
+_STORE_RE: Final = re.compile(r"^(memory|(redis|rediss|unix)://\S+)$")
+
+
+class ConfigError(Exception):
+    """A setting that cannot be used; str() is the one-line message for the operator."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(f"bad setting {setting}: {message}")
+        self.setting = setting
+
+
+class Secret:
+    """Token signing keys; the first signs, all verify. Never shows its value."""
+
+    __slots__ = ("generated", "keys")
+
+    def __init__(self, keys: tuple[str, ...], generated: bool = False) -> None:
+        if not keys or any(len(k) < MIN_SECRET_LENGTH for k in keys):
+            raise ValueError(f"every secret must be at least {MIN_SECRET_LENGTH} characters")
+        self.keys = keys
+        self.generated = generated
+
+    @classmethod
+    def parse(cls, value: str | list[str] | tuple[str, ...]) -> Secret:
+        """Accept 'a,b' or a list; blanks around commas are ignored."""
+        parts = value.split(",") if isinstance(value, str) else list(value)
+        return cls(tuple(p.strip() for p in parts if p.strip()))
+
+    @classmethod
+    def random(cls) -> Secret:
+        return cls((_secrets.token_urlsafe(32),), generated=True)
+
+    def __repr__(self) -> str:
+        return f"Secret(<{len(self.keys)} key(s) hidden>)"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other.keys == self.keys
+
+    def __hash__(self) -> int:
+        return hash(self.keys)
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
+NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+
+
+class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
+    """Every tunable of one instance; documented in config/default.toml and the README."""
+
+    host: str = "0.0.0.0"
+    port: Port = 8080
+    secret: Secret = msgspec.field(default_factory=Secret.random)
+    store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = "memory"
+    allowed_origins: tuple[str, ...] = ()
+    top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    voter_token_ttl: PositiveInt = 30 * 24 * 3600
+    admin_token_ttl: PositiveInt = 12 * 3600
+    token_cache_size: PositiveInt = 10_000
+    max_body_size: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
+    idempotency_ttl: PositiveInt = 24 * 3600
+    shutdown_timeout: PositiveFloat = 10.0
+    drain_delay: NonNegativeFloat = 0.5
+    log_level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
+
+
+FIELDS: Final = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def _dec_hook(type_: type, obj: Any) -> Any:
+    if type_ is Secret:
+        return Secret.parse(obj)
+    raise NotImplementedError(type_)
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    field = FIELDS.get(name)
+    if field is None:
+        raise ConfigError(name, f"unknown setting (from {source})")
+    if isinstance(value, str) and name == "allowed_origins":
+        value = [v.strip() for v in value.split(",") if v.strip()]
+    try:
+        return msgspec.convert(value, field.type, strict=False, dec_hook=_dec_hook)
+    except (msgspec.ValidationError, ValueError) as exc:
+        shown = "<hidden>" if name == "secret" else repr(value)
+        raise ConfigError(name, f"{exc} (from {source}, value {shown})") from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for var, name in CONTRACT_ENV.items():
+        if var in env:
+            found[name] = (env[var], var)
+    for name in FIELDS:
+        var = f"FV_{name.upper()}"
+        if var in env:
+            found[name] = (env[var], var)
+    return found
+
+
+def load_settings(
+    *,
+    config_file: str | Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+    use_default_file: bool = True,
+) -> Settings:
+    """Merge every layer; raise ConfigError naming the first bad setting."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    files: list[Path] = []
+    if use_default_file and DEFAULT_CONFIG_FILE.exists():
+        files.append(DEFAULT_CONFIG_FILE)
+    extra = config_file if config_file is not None else env.get("FV_CONFIG")
+    if extra:
+        files.append(Path(extra))
+    for path in files:
+        for name, value in _read_toml(path).items():
+            values[name] = _convert(name, value, str(path))
+    for name, (value, var) in _env_values(env).items():
+        values[name] = _convert(name, value, var)
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = _convert(name, value, f"--{name.replace('_', '-')}")
+    return Settings(**values)

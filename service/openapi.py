@@ -1,0 +1,258 @@
+"""The OpenAPI 3.1 document: schemas from the msgspec Structs, operations from the table below."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, Final
+
+import msgspec
+
+from . import __version__
+from .schemas import (
+    IDEMPOTENCY_KEY_MAX,
+    PAGE_DEFAULT,
+    PAGE_MAX,
+    REQUEST_TYPES,
+    RESPONSE_TYPES,
+    Feature,
+    FeatureCreate,
+    FeatureList,
+    FeaturePatch,
+    Health,
+    MyVotes,
+    Sort,
+    Stats,
+    Status,
+    TokenOut,
+    VoteIn,
+    VoteOut,
+)
+
+REF: Final = "#/components/schemas/{name}"
+BODY_ERRORS: Final = (400, 413, 415, 422)
+
+ID_PARAM: Final = {
+    "name": "id",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "description": "Feature id; anything else is 404.",
+}
+LIST_PARAMS: Final = [
+    {
+        "name": "sort",
+        "in": "query",
+        "schema": {"enum": [s.value for s in Sort], "default": "top"},
+        "description": "top: score desc, up desc, id asc; new: id desc.",
+    },
+    {"name": "status", "in": "query", "schema": {"enum": [s.value for s in Status]}},
+    {
+        "name": "limit",
+        "in": "query",
+        "schema": {"type": "integer", "minimum": 1, "maximum": PAGE_MAX, "default": PAGE_DEFAULT},
+    },
+    {
+        "name": "cursor",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Opaque; next_cursor of the previous page, with the same sort and status.",
+    },
+]
+IDEMPOTENCY_PARAM: Final = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    "description": "Same key and same body within the TTL: the first answer again, no new feature.",
+}
+IF_NONE_MATCH_PARAM: Final = {
+    "name": "If-None-Match",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string"},
+}
+
+
+@dataclass(frozen=True)
+class Op:
+    method: str
+    path: str
+    summary: str
+    ok: int
+    response: type | None = None
+    request: type | None = None
+    auth: str | None = None  # "voter" or "admin"
+    errors: tuple[int, ...] = ()
+    params: tuple[dict[str, Any], ...] = ()
+    headers: dict[str, str] = field(default_factory=dict)
+    media: str = "application/json"
+
+
+def _vote_op(method: str, summary: str, request: type | None) -> Op:
+    return Op(
+        method,
+        "/features/{id}/vote",
+        summary,
+        200,
+        VoteOut,
+        request=request,
+        auth="voter",
+        errors=(401, 404, 409, 503),
+        params=(ID_PARAM,),
+    )
+
+
+def _stats_op(path: str) -> Op:
+    return Op(
+        "get",
+        path,
+        "Totals, the top features and seq (ETag from seq)",
+        200,
+        Stats,
+        errors=(304, 503),
+        params=(IF_NONE_MATCH_PARAM,),
+        headers={"ETag": 'W/"<seq>"'},
+    )
+
+
+OPERATIONS: Final[list[Op]] = [
+    Op(
+        "get",
+        "/features",
+        "List features",
+        200,
+        FeatureList,
+        errors=(422, 503),
+        params=tuple(LIST_PARAMS),
+    ),
+    Op(
+        "post",
+        "/features",
+        "Propose a feature",
+        201,
+        Feature,
+        request=FeatureCreate,
+        auth="voter",
+        errors=(401, 503),
+        params=(IDEMPOTENCY_PARAM,),
+        headers={"Location": "/features/{id}"},
+    ),
+    _stats_op("/features/stats"),
+    _stats_op("/stats"),
+    Op("get", "/features/{id}", "One feature", 200, Feature, errors=(404, 503), params=(ID_PARAM,)),
+    Op(
+        "patch",
+        "/features/{id}",
+        "Change title, description or status",
+        200,
+        Feature,
+        request=FeaturePatch,
+        auth="admin",
+        errors=(401, 403, 404, 503),
+        params=(ID_PARAM,),
+    ),
+    Op(
+        "delete",
+        "/features/{id}",
+        "Delete a feature and its votes",
+        204,
+        auth="admin",
+        errors=(401, 403, 404, 503),
+        params=(ID_PARAM,),
+    ),
+    _vote_op("put", "Set or move the caller's vote", VoteIn),
+    _vote_op("post", "Same as PUT (for clients of the original design)", VoteIn),
+    _vote_op("delete", "Retract the caller's vote (retracting nothing is fine)", None),
+    Op(
+        "get",
+        "/me/votes",
+        "The caller's current votes",
+        200,
+        MyVotes,
+        auth="voter",
+        errors=(401, 503),
+    ),
+    Op("post", "/auth/token", "Mint an anonymous voter token", 201, TokenOut),
+    Op("get", "/healthz", "Liveness", 200, Health),
+    Op("get", "/readyz", "Readiness: store reachable and not draining", 200, Health, errors=(503,)),
+    Op("get", "/metrics", "Prometheus metrics", 200, media="text/plain"),
+    Op("get", "/openapi.json", "This document", 200, media="application/json"),
+    Op("get", "/docs", "Swagger UI for this document", 200, media="text/html"),
+]
+
+
+def _problem(status: int) -> dict[str, Any]:
+    content = {"application/problem+json": {"schema": {"$ref": REF.format(name="Problem")}}}
+    response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+    if status != 304:
+        response["content"] = content
+    if status == 401:
+        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    if status in (429, 503):
+        response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+    return response
+
+
+def _operation(op: Op) -> dict[str, Any]:
+    ok: dict[str, Any] = {"description": HTTPStatus(op.ok).phrase}
+    if op.response is not None:
+        ok["content"] = {op.media: {"schema": {"$ref": REF.format(name=op.response.__name__)}}}
+    elif op.ok != 204:
+        ok["content"] = {op.media: {"schema": {}}}
+    if op.headers:
+        ok["headers"] = {
+            name: {"schema": {"type": "string"}, "description": f"e.g. {example}"}
+            for name, example in op.headers.items()
+        }
+    errors = set(op.errors)
+    if op.request is not None:
+        errors |= set(BODY_ERRORS)
+    responses = {str(op.ok): ok} | {str(s): _problem(s) for s in sorted(errors)}
+    out: dict[str, Any] = {
+        "summary": op.summary,
+        "operationId": op.method + re.sub(r"[^a-z]+", "_", op.path.lower()).rstrip("_"),
+        "responses": responses,
+    }
+    if op.params:
+        out["parameters"] = list(op.params)
+    if op.request is not None:
+        out["requestBody"] = {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": REF.format(name=op.request.__name__)}}
+            },
+        }
+    if op.auth is not None:
+        out["security"] = [{"bearer": []}]
+        if op.auth == "admin":
+            out["description"] = "Needs an admin token (python -m service token --admin)."
+    return out
+
+
+def build_document() -> dict[str, Any]:
+    """The whole document as plain data, ready to encode."""
+    _, components = msgspec.json.schema_components(RESPONSE_TYPES + REQUEST_TYPES, ref_template=REF)
+    paths: dict[str, dict[str, Any]] = {}
+    for op in OPERATIONS:
+        paths.setdefault(op.path, {})[op.method] = _operation(op)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Feature Votes",
+            "version": __version__,
+            "description": "Propose features, vote on them, and watch the board change live.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+        },
+    }
+
+
+def document_bytes() -> bytes:
+    return msgspec.json.encode(build_document())

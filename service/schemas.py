@@ -1,0 +1,154 @@
+"""Every wire shape as a msgspec Struct, and the encoder/decoders built once."""
+
+from __future__ import annotations
+
+import enum
+import unicodedata
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+import msgspec
+
+TITLE_MAX: Final = 120
+DESCRIPTION_MAX: Final = 2000
+PAGE_DEFAULT: Final = 50
+PAGE_MAX: Final = 200
+IDEMPOTENCY_KEY_MAX: Final = 255
+
+
+class Status(enum.StrEnum):
+    OPEN = "open"
+    PLANNED = "planned"
+    IN_PROGRESS = "in_progress"
+    DONE = "done"
+    DECLINED = "declined"
+
+
+CLOSED_STATUSES: Final = frozenset({Status.DONE, Status.DECLINED})
+
+
+class Sort(enum.StrEnum):
+    TOP = "top"
+    NEW = "new"
+
+
+def _check_text(value: str, field: str, low: int, high: int) -> str:
+    """Trim, then enforce the length and refuse control characters (newlines allowed)."""
+    value = value.strip()
+    if not low <= len(value) <= high:
+        raise ValueError(f"must be {low}..{high} characters after trimming - at `$.{field}`")
+    if any(unicodedata.category(c) == "Cc" and c not in "\n\t" for c in value):
+        raise ValueError(f"must not contain control characters - at `$.{field}`")
+    return value
+
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class FeatureCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /features."""
+
+    title: Annotated[str, msgspec.Meta(max_length=4 * TITLE_MAX)]
+    description: Annotated[str, msgspec.Meta(max_length=DESCRIPTION_MAX)] = ""
+
+    def __post_init__(self) -> None:
+        self.title = _check_text(self.title, "title", 1, TITLE_MAX)
+        self.description = _check_text(self.description, "description", 0, DESCRIPTION_MAX)
+
+
+class FeaturePatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of PATCH /features/{id}; absent fields stay as they are."""
+
+    title: str | msgspec.UnsetType = msgspec.UNSET
+    description: str | msgspec.UnsetType = msgspec.UNSET
+    status: Status | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.title, str):
+            self.title = _check_text(self.title, "title", 1, TITLE_MAX)
+        if isinstance(self.description, str):
+            self.description = _check_text(self.description, "description", 0, DESCRIPTION_MAX)
+
+
+class VoteIn(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of PUT/POST /features/{id}/vote."""
+
+    value: Literal[1, -1]
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class Feature(msgspec.Struct, frozen=True):
+    id: int
+    title: str
+    description: str
+    status: Status
+    created_at: datetime
+    up: int
+    down: int
+    score: int
+
+
+class FeatureList(msgspec.Struct, frozen=True):
+    items: list[Feature]
+    next_cursor: str | None
+
+
+class VoteOut(msgspec.Struct, frozen=True):
+    feature_id: int
+    value: Literal[1, 0, -1]
+    up: int
+    down: int
+    score: int
+
+
+class MyVotes(msgspec.Struct, frozen=True):
+    votes: dict[str, Literal[1, -1]]
+
+
+class Stats(msgspec.Struct, frozen=True):
+    seq: int
+    total_features: int
+    total_votes: int
+    up: int
+    down: int
+    voters: int
+    top: list[Feature]
+    generated_at: datetime
+
+
+class TokenOut(msgspec.Struct, frozen=True):
+    token: str
+    voter_id: str
+    expires_at: datetime
+
+
+class Health(msgspec.Struct, frozen=True):
+    status: str
+
+
+class ProblemItem(msgspec.Struct, frozen=True):
+    loc: str
+    msg: str
+
+
+class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
+    """RFC 9457 problem details."""
+
+    type: str
+    title: str
+    status: int
+    detail: str = ""
+    errors: list[ProblemItem] = []
+
+
+# --- codecs, built once ---------------------------------------------------------------------
+
+encoder: Final = msgspec.json.Encoder()
+feature_create_decoder: Final = msgspec.json.Decoder(FeatureCreate)
+feature_patch_decoder: Final = msgspec.json.Decoder(FeaturePatch)
+vote_decoder: Final = msgspec.json.Decoder(VoteIn)
+
+RESPONSE_TYPES: Final = (Feature, FeatureList, VoteOut, MyVotes, Stats, TokenOut, Health, Problem)
+REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn)

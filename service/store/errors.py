@@ -1,0 +1,23 @@
+"""Domain errors raised by every store; the HTTP layer maps them in one place."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every domain error."""
+
+
+class NotFound(StoreError):
+    """The feature (or other object) does not exist."""
+
+
+class FeatureClosed(StoreError):
+    """The feature is done or declined; its votes are frozen."""
+
+
+class IdempotencyConflict(StoreError):
+    """An Idempotency-Key was reused with a different request body."""
+
+
+class StoreUnavailable(StoreError):
+    """The backing store cannot be reached; the caller may retry later."""

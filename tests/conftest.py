@@ -1,0 +1,80 @@
+"""Shared fixtures: the real app from create_app(test settings), served on a loopback socket."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from service.app import create_app
+from service.auth import Role, Tokens
+from service.config import Secret, Settings
+from service.keys import TOKENS
+
+TEST_SECRET = "test-secret-that-is-long-enough-0001"
+AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
+Client = TestClient[web.Request, web.Application]
+
+
+def make_settings(**overrides: Any) -> Settings:
+    """Settings for tests: code defaults, a fixed secret, no config file, no environment."""
+    values: dict[str, Any] = {"secret": Secret((TEST_SECRET,)), "drain_delay": 0.0}
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+def app(settings: Settings) -> web.Application:
+    return create_app(settings)
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, app: web.Application) -> Client:
+    return await aiohttp_client(app)
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture
+def tokens(app: web.Application) -> Tokens:
+    return app[TOKENS]
+
+
+@pytest.fixture
+def admin(tokens: Tokens) -> dict[str, str]:
+    """Authorization header of an admin."""
+    return bearer(tokens.issue(Role.ADMIN, "admin")[0])
+
+
+@pytest.fixture
+async def voter(client: Client) -> dict[str, str]:
+    """Authorization header of a fresh voter, minted over HTTP like a browser would."""
+    resp = await client.post("/auth/token")
+    assert resp.status == 201
+    return bearer((await resp.json())["token"])
+
+
+async def create_feature(client: Client, auth: dict[str, str], title: str = "Dark mode",
+                         description: str = "") -> dict[str, Any]:
+    resp = await client.post("/features", json={"title": title, "description": description},
+                             headers=auth)
+    assert resp.status == 201, await resp.text()
+    body: dict[str, Any] = await resp.json()
+    return body
+
+
+async def stats(client: Client) -> dict[str, Any]:
+    resp = await client.get("/features/stats")
+    assert resp.status == 200
+    body: dict[str, Any] = await resp.json()
+    return body
