@@ -70,11 +70,20 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T
     """Decode a JSON body; 415 for another media type, 413 over the size limit, 400/422 else."""
     if request.content_type != JSON and not request.content_type.endswith("+json"):
         raise ApiError(415, f"send the body as {JSON}, not {request.content_type!r}")
-    body = await request.read()
+    try:
+        body = await request.read()
+    except web.RequestPayloadError as exc:  # undecodable Content-Encoding, broken chunking
+        raise ApiError(400, f"the body could not be read: {exc.__cause__ or exc}") from None
     try:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise invalid_input(exc) from None
+    except UnicodeDecodeError as exc:  # msgspec checks UTF-8 inside strings and keys lazily
+        raise ApiError(
+            400,
+            "the body is not valid UTF-8",
+            errors=[ProblemItem(loc="$", msg=f"invalid UTF-8 at byte {exc.start}")],
+        ) from None
 
 
 # --- stats and identity -------------------------------------------------------------------------
