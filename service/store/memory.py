@@ -122,7 +122,7 @@ class MemoryStore(Store):
     def _changed(self) -> None:
         self._seq += 1
         self._stats = None
-        for listener in self._listeners:
+        for listener in tuple(self._listeners):  # a listener may unsubscribe itself
             listener(self._seq)
 
     def _expire_idempotency(self) -> None:
@@ -261,4 +261,9 @@ class MemoryStore(Store):
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
