@@ -8,6 +8,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
@@ -19,13 +20,22 @@ from .config import ConfigError, Settings, load_settings
 log = logging.getLogger("service")
 
 
+_SERVE_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
+    (("--config",), {"help": "a TOML file read after config/default.toml"}),
+    (("--host",), {"help": "listening address (FV_HOST)"}),
+    (("--port",), {"type": int, "help": "listening port (PORT)"}),
+]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m service", description=__doc__)
-    parser.add_argument("--config", help="a TOML file read after config/default.toml")
-    parser.add_argument("--host", help="listening address (FV_HOST)")
-    parser.add_argument("--port", type=int, help="listening port (PORT)")
+    for flags, kwargs in _SERVE_FLAGS:
+        parser.add_argument(*flags, **kwargs)
     commands = parser.add_subparsers(dest="command")
-    commands.add_parser("serve", help="run one instance (the default)")
+    serve = commands.add_parser("serve", help="run one instance (the default)")
+    for flags, kwargs in _SERVE_FLAGS:
+        # SUPPRESS: a flag given before `serve` is not reset to None by the subcommand.
+        serve.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
     token = commands.add_parser("token", help="print a token signed with the configured secret")
     token.add_argument("--admin", action="store_true", help="an admin token (required for now)")
     return parser
@@ -48,7 +58,8 @@ async def serve(settings: Settings) -> None:
     )
     await runner.setup()
     try:
-        await web.TCPSite(runner, settings.host, settings.port).start()
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -65,9 +76,12 @@ async def serve(settings: Settings) -> None:
                 "no FV_SECRET: using a random secret for this process only; admin token: %s", token
             )
         await stop.wait()
+        lifecycle = app[keys.LIFECYCLE]
         log.info("draining: readyz answers 503 for %.1fs, then sockets close", settings.drain_delay)
-        app[keys.LIFECYCLE].draining = True
+        lifecycle.draining = True
         await asyncio.sleep(settings.drain_delay)
+        await site.stop()  # no new connections; requests already in flight may finish
+        await lifecycle.wait_idle(settings.shutdown_timeout)
     finally:
         await runner.cleanup()
     log.info("stopped")

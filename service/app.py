@@ -7,13 +7,15 @@ from typing import Final
 
 import aiohttp_jinja2
 import jinja2
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
-from . import api, keys, ops
+from . import api, keys, ops, ws
 from .auth import Tokens
+from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, ConfigError, Settings
 from .errors import problem_middleware
+from .lifecycle import Lifecycle, inflight_middleware
 from .metrics import Metrics, metrics_middleware
 from .openapi import document_bytes
 from .store import MemoryStore, Store
@@ -31,13 +33,18 @@ def make_store(settings: Settings) -> Store:
 def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
     """Build the application; a given store is shared, not owned (the caller closes it)."""
     metrics = Metrics()
+    lifecycle = Lifecycle()
     app = web.Application(
         client_max_size=settings.max_body_size,
-        middlewares=[metrics_middleware(metrics), problem_middleware],
+        middlewares=[
+            inflight_middleware(lifecycle),
+            metrics_middleware(metrics),
+            problem_middleware,
+        ],
     )
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
-    app[keys.LIFECYCLE] = keys.Lifecycle()
+    app[keys.LIFECYCLE] = lifecycle
     app[keys.TOKENS] = Tokens(
         settings.secret,
         voter_ttl=settings.voter_token_ttl,
@@ -47,11 +54,23 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app[keys.STORE] = store if store is not None else make_store(settings)
     if store is None:
         app.cleanup_ctx.append(_close_store)
+    app[keys.BROADCASTER] = Broadcaster(
+        app[keys.STORE],
+        metrics,
+        Limits(
+            push_interval=settings.push_interval,
+            buffer_limit=settings.ws_buffer_limit,
+            slow_client_timeout=settings.slow_client_timeout,
+            close_timeout=settings.ws_close_timeout,
+        ),
+    )
     app.cleanup_ctx.append(_follow_seq)
+    app.cleanup_ctx.append(_run_broadcaster)
     app.on_shutdown.append(_start_draining)
 
     app.add_routes(api.routes)
     app.add_routes(ops.routes)
+    app.add_routes(ws.routes)
     app.router.add_static("/static/swagger/", SWAGGER_UI_PY_ROOT / "static")
     app.router.add_static("/static/", WEB_ROOT / "static")
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_ROOT / "templates"))
@@ -70,5 +89,13 @@ async def _follow_seq(app: web.Application) -> AsyncIterator[None]:
     unsubscribe()
 
 
+async def _run_broadcaster(app: web.Application) -> AsyncIterator[None]:
+    app[keys.BROADCASTER].start()
+    yield
+    await app[keys.BROADCASTER].stop()
+
+
 async def _start_draining(app: web.Application) -> None:
+    """Shutdown: readiness fails, and every socket is closed with 1001 so clients move on."""
     app[keys.LIFECYCLE].draining = True
+    await app[keys.BROADCASTER].close_all(WSCloseCode.GOING_AWAY, b"server shutdown")

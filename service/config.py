@@ -84,6 +84,12 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     idempotency_ttl: PositiveInt = 24 * 3600
     shutdown_timeout: PositiveFloat = 10.0
     drain_delay: NonNegativeFloat = 0.5
+    push_interval: PositiveFloat = 0.02
+    ws_max_msg_size: Annotated[int, msgspec.Meta(ge=64)] = 4096
+    ws_heartbeat: NonNegativeFloat = 30.0
+    ws_buffer_limit: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024
+    slow_client_timeout: PositiveFloat = 5.0
+    ws_close_timeout: PositiveFloat = 2.0
     log_level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
 
 
@@ -115,6 +121,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(fh)
     except OSError as exc:
         raise ConfigError("config", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("config", f"{path} is not UTF-8 text") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", f"{path} is not valid TOML: {exc}") from None
 

@@ -2,27 +2,21 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
 
 from aiohttp import web
 
 from .auth import Tokens
+from .broadcaster import Broadcaster
 from .config import Settings
+from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .store import Store
-
-
-@dataclass(slots=True)
-class Lifecycle:
-    """Instance lifecycle, not client state: set once when the instance starts draining."""
-
-    draining: bool = False
-
 
 SETTINGS: Final = web.AppKey("settings", Settings)
 STORE: Final = web.AppKey("store", Store)
 TOKENS: Final = web.AppKey("tokens", Tokens)
 METRICS: Final = web.AppKey("metrics", Metrics)
 LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
+BROADCASTER: Final = web.AppKey("broadcaster", Broadcaster)
 OPENAPI_BODY: Final = web.AppKey("openapi_body", bytes)

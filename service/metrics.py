@@ -39,6 +39,24 @@ class Metrics:
             "fv_features", "Feature changes applied", ["action"], registry=self.registry
         )
         self.seq = Gauge("fv_store_seq", "Last change sequence seen", registry=self.registry)
+        self.ws_clients = Gauge(
+            "fv_ws_clients", "Open WebSocket connections", registry=self.registry
+        )
+        self.ws_pushes = Counter(
+            "fv_ws_pushes", "Stats messages encoded and pushed", registry=self.registry
+        )
+        self.ws_frames = Counter(
+            "fv_ws_frames", "Frames written to WebSocket clients", registry=self.registry
+        )
+        self.ws_dropped = Counter(
+            "fv_ws_dropped_slow", "Clients closed for staying behind", registry=self.registry
+        )
+        self.ws_lag = Histogram(
+            "fv_ws_push_lag_seconds",
+            "From a change to its frame written to every client",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:

@@ -143,12 +143,35 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
     errors: list[ProblemItem] = []
 
 
+# --- WebSocket messages ---------------------------------------------------------------------
+
+
+class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):
+    """The one message a client may send."""
+
+
+class Pong(msgspec.Struct, tag="pong", tag_field="type", frozen=True):
+    pass
+
+
+class WsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):
+    detail: str
+
+
+class StatsPush(msgspec.Struct, tag="stats", tag_field="type", frozen=True):
+    """Documents the pushed frame; the server splices the cached stats bytes in (ADR-005)."""
+
+    seq: int
+    stats: Stats
+
+
 # --- codecs, built once ---------------------------------------------------------------------
 
 encoder: Final = msgspec.json.Encoder()
 feature_create_decoder: Final = msgspec.json.Decoder(FeatureCreate)
 feature_patch_decoder: Final = msgspec.json.Decoder(FeaturePatch)
 vote_decoder: Final = msgspec.json.Decoder(VoteIn)
+client_message_decoder: Final = msgspec.json.Decoder(Ping)
 
 RESPONSE_TYPES: Final = (Feature, FeatureList, VoteOut, MyVotes, Stats, TokenOut, Health, Problem)
 REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn)

@@ -1,0 +1,217 @@
+"""One broadcaster per instance: coalesce changes, encode each push once, never wait on a client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from aiohttp import WSCloseCode, web
+
+from .metrics import Metrics
+from .store import Store
+
+# Close code for a client that stayed too far behind (RFC 6455: 1013 "try again later").
+CLOSE_TOO_SLOW: Final = WSCloseCode.TRY_AGAIN_LATER
+_FIN_TEXT: Final = 0x81
+log = logging.getLogger(__name__)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """A complete unmasked server-to-client TEXT frame; identical for every client."""
+    size = len(payload)
+    if size < 126:
+        header = struct.pack("!BB", _FIN_TEXT, size)
+    elif size < 1 << 16:
+        header = struct.pack("!BBH", _FIN_TEXT, 126, size)
+    else:
+        header = struct.pack("!BBQ", _FIN_TEXT, 127, size)
+    return header + payload
+
+
+def stats_message(seq: int, stats_body: bytes) -> bytes:
+    """{"type":"stats","seq":N,"stats":{...}} around the store's cached stats bytes."""
+    return b'{"type":"stats","seq":%d,"stats":%s}' % (seq, stats_body)
+
+
+@dataclass(eq=False, slots=True)
+class Client:
+    """One socket's delivery state: the last seq written and since when it is behind."""
+
+    ws: web.WebSocketResponse
+    transport: asyncio.Transport
+    seq: int = -1
+    behind_since: float | None = None
+
+
+@dataclass(slots=True)
+class _Frame:
+    seq: int = -1
+    data: bytes = b""
+    changed_at: float | None = None  # when the oldest change not yet pushed happened
+
+
+@dataclass
+class Limits:
+    push_interval: float
+    buffer_limit: int
+    slow_client_timeout: float
+    close_timeout: float
+
+
+class Broadcaster:
+    """Pushes the latest stats to every socket of this instance; latest wins under bursts."""
+
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._metrics = metrics
+        self._limits = limits
+        self._clock = clock
+        self._clients: set[Client] = set()
+        self._behind: set[Client] = set()
+        self._frame = _Frame()
+        self._wake = asyncio.Event()
+        self._dirty = True  # the first frame is built at start
+        self._closing: set[asyncio.Task[None]] = set()
+        self._task: asyncio.Task[None] | None = None
+        self._unsubscribe: Callable[[], None] | None = None
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._unsubscribe = self._store.subscribe(self._on_change)
+        self._task = asyncio.create_task(self._run(), name="broadcaster")
+        self._wake.set()
+
+    async def stop(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.close_all(WSCloseCode.GOING_AWAY, b"server shutdown")
+
+    async def close_all(self, code: int, message: bytes) -> None:
+        """Close every socket with `code` (1001 on shutdown), aborting those that do not answer."""
+        clients = list(self._clients)
+        self._clients.clear()
+        self._behind.clear()
+        await asyncio.gather(*(self._close(c, code, message) for c in clients))
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+
+    # --- clients ------------------------------------------------------------------------------
+
+    def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
+        """Register a socket and write the current snapshot to it at once."""
+        client = Client(ws, transport)
+        self._clients.add(client)
+        self._metrics.ws_clients.inc()
+        if self._frame.seq >= 0:
+            self._write(client, self._clock())
+        return client
+
+    def remove(self, client: Client) -> None:
+        if client in self._clients:
+            self._clients.discard(client)
+            self._behind.discard(client)
+        self._metrics.ws_clients.dec()
+
+    @property
+    def clients(self) -> int:
+        return len(self._clients)
+
+    # --- pushing ------------------------------------------------------------------------------
+
+    def _on_change(self, seq: int) -> None:
+        if not self._dirty:
+            self._dirty = True
+            self._frame.changed_at = self._clock()
+        self._wake.set()
+
+    async def _run(self) -> None:
+        while True:
+            if self._behind:
+                # Someone is behind: look again soon even when nothing changes.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self._limits.push_interval * 5)
+            else:
+                await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._push()
+            except Exception:
+                log.exception("push failed; retrying on the next change")
+                self._dirty = True
+            # Leading edge: the first change is pushed at once; later ones wait out the interval.
+            await asyncio.sleep(self._limits.push_interval)
+
+    async def _push(self) -> None:
+        if self._dirty:
+            self._dirty = False
+            changed_at = self._frame.changed_at
+            view = await self._store.stats()
+            if view.seq > self._frame.seq:
+                self._frame = _Frame(view.seq, text_frame(stats_message(view.seq, view.body)))
+                self._metrics.ws_pushes.inc()
+                self._deliver(changed_at)
+                return
+        if self._behind:
+            self._deliver(None)
+
+    def _deliver(self, changed_at: float | None) -> None:
+        now = self._clock()
+        sent = 0
+        for client in list(self._clients):
+            if client.seq < self._frame.seq:
+                sent += self._write(client, now)
+        self._metrics.ws_frames.inc(sent)
+        if changed_at is not None:
+            self._metrics.ws_lag.observe(self._clock() - changed_at)
+
+    def _write(self, client: Client, now: float) -> int:
+        """Write the current frame without waiting; track and drop clients that stay behind."""
+        transport = client.transport
+        if transport.is_closing():
+            return 0
+        if transport.get_write_buffer_size() > self._limits.buffer_limit:
+            if client.behind_since is None:
+                client.behind_since = now
+                self._behind.add(client)
+            elif now - client.behind_since > self._limits.slow_client_timeout:
+                self._drop(client)
+            return 0
+        if client.behind_since is not None:
+            client.behind_since = None
+            self._behind.discard(client)
+        transport.write(self._frame.data)
+        client.seq = self._frame.seq
+        return 1
+
+    def _drop(self, client: Client) -> None:
+        self._clients.discard(client)
+        self._behind.discard(client)
+        self._metrics.ws_dropped.inc()
+        task = asyncio.create_task(self._close(client, CLOSE_TOO_SLOW, b"too slow"))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _close(self, client: Client, code: int, message: bytes) -> None:
+        try:
+            await asyncio.wait_for(
+                client.ws.close(code=code, message=message), self._limits.close_timeout
+            )
+        except (TimeoutError, ConnectionError):
+            client.transport.abort()

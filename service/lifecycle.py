@@ -1,0 +1,44 @@
+"""Instance lifecycle for draining: the drain flag and the count of HTTP requests in flight."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+from aiohttp import hdrs, web
+from aiohttp.typedefs import Handler, Middleware
+
+
+@dataclass(slots=True)
+class Lifecycle:
+    """Not client state: set once when the instance starts draining, and a request counter."""
+
+    draining: bool = False
+    inflight: int = 0
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def wait_idle(self, limit: float) -> None:
+        """Wait until no HTTP request is in flight, at most `limit` seconds."""
+        if self.inflight:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.idle.wait(), limit)
+
+
+def inflight_middleware(lifecycle: Lifecycle) -> Middleware:
+    """Count plain HTTP requests (not WebSockets: shutdown closes those with 1001)."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
+            return await handler(request)
+        lifecycle.inflight += 1
+        lifecycle.idle.clear()
+        try:
+            return await handler(request)
+        finally:
+            lifecycle.inflight -= 1
+            if not lifecycle.inflight:
+                lifecycle.idle.set()
+
+    return middleware

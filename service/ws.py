@@ -1,0 +1,67 @@
+"""GET /ws: check Origin, upgrade, hand the socket to the broadcaster, answer pings."""
+
+from __future__ import annotations
+
+from typing import Final
+from urllib.parse import urlsplit
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from . import keys
+from .errors import ApiError
+from .schemas import Pong, WsError, client_message_decoder, encoder
+
+PONG: Final = encoder.encode(Pong())
+BINARY_REFUSED: Final = encoder.encode(WsError(detail="send JSON text frames"))
+
+routes = web.RouteTableDef()
+
+
+def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
+    """No Origin (not a browser) is fine; otherwise the configured list or our own host."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    origin = origin.strip().rstrip("/").lower()
+    if allowed:
+        return "*" in allowed or origin in (a.rstrip("/").lower() for a in allowed)
+    return urlsplit(origin).netloc == request.host.lower()
+
+
+def reply_to(data: str) -> bytes:
+    """The answer to one client text message."""
+    try:
+        client_message_decoder.decode(data)
+    except msgspec.DecodeError as exc:
+        return encoder.encode(WsError(detail=f"unsupported message: {exc}"))
+    return PONG
+
+
+@routes.get("/ws")
+async def websocket(request: web.Request) -> web.WebSocketResponse:
+    settings = request.app[keys.SETTINGS]
+    if not origin_allowed(request, settings.allowed_origins):
+        raise ApiError(403, "this Origin may not open /ws (see allowed_origins)")
+    ws = web.WebSocketResponse(
+        compress=False,
+        max_msg_size=settings.ws_max_msg_size,
+        heartbeat=settings.ws_heartbeat or None,
+    )
+    if not ws.can_prepare(request).ok:
+        raise ApiError(426, "this endpoint speaks WebSocket", headers={"Upgrade": "websocket"})
+    await ws.prepare(request)
+    transport = request.transport
+    if transport is None:  # the peer left during the handshake
+        return ws
+    broadcaster = request.app[keys.BROADCASTER]
+    client = broadcaster.add(ws, transport)
+    try:
+        async for msg in ws:  # only this task reads the socket
+            if msg.type is WSMsgType.TEXT:
+                await ws.send_frame(reply_to(msg.data), WSMsgType.TEXT)
+            elif msg.type is WSMsgType.BINARY:
+                await ws.send_frame(BINARY_REFUSED, WSMsgType.TEXT)
+    finally:
+        broadcaster.remove(client)
+    return ws

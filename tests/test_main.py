@@ -1,0 +1,415 @@
+"""The command line, run as real subprocesses: token minting, bad settings, serving, draining."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+import pytest
+
+from service.auth import Role, TokenInvalid, Tokens
+from service.config import PROJECT_ROOT, Secret
+
+SECRET = "cli-test-secret-cli-test-secret-0123456789"
+OTHER_SECRET = "another-secret-another-secret-9876543210"
+START_TIMEOUT = 15.0
+HTTP_TIMEOUT = 3.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The caller's environment without any Feature Votes setting, plus `extra`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 20.0
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service", *args],
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def verifier(secret: str) -> Tokens:
+    return Tokens(Secret((secret,)), voter_ttl=60, admin_ttl=60, cache_size=10)
+
+
+@dataclass
+class Answer:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def http(
+    method: str,
+    url: str,
+    *,
+    body: Any = None,
+    headers: dict[str, str] | None = None,
+    timeout: float = HTTP_TIMEOUT,
+) -> Answer:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, method=method, headers=dict(headers or {}))
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            return Answer(resp.status, dict(resp.headers.items()), resp.read())
+    except urllib.error.HTTPError as exc:
+        return Answer(exc.code, dict(exc.headers.items()), exc.read())
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen[bytes]
+    url: str
+    log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=10)
+
+
+@contextmanager
+def serving(
+    tmp_path: Path, env: dict[str, str], *args: str, port: int | None = None
+) -> Iterator[Server]:
+    """Run `python -m service [args]`, wait for /healthz, and always kill it afterwards."""
+    port = port if port is not None else free_port()
+    env = {"FV_HOST": "127.0.0.1", "PORT": str(port), **env}
+    log = tmp_path / f"server-{port}.log"
+    with log.open("wb") as sink:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service", *args],
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    server = Server(proc, f"http://127.0.0.1:{port}", log)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"server exited with {proc.returncode}: {server.log_text()}")
+            try:
+                if http("GET", server.url + "/healthz", timeout=0.5).status == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"server did not answer /healthz in time: {server.log_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        stop(proc)
+
+
+def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+# --- token --admin ------------------------------------------------------------------------------
+
+
+def test_token_admin_prints_one_verifiable_line() -> None:
+    result = run_cli("token", "--admin", env=clean_env(FV_SECRET=SECRET))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert len(lines) == 1, result.stdout
+    assert result.stdout.endswith("\n")
+    token = lines[0]
+    assert token == token.strip()
+    claims = verifier(SECRET).verify(token)
+    assert claims.role is Role.ADMIN
+    with pytest.raises(TokenInvalid):
+        verifier(OTHER_SECRET).verify(token)
+
+
+def test_token_admin_first_of_two_secrets_signs() -> None:
+    result = run_cli("token", "--admin", env=clean_env(FV_SECRET=f"{SECRET},{OTHER_SECRET}"))
+    assert result.returncode == 0, result.stderr
+    token = result.stdout.strip()
+    assert jwt.decode(token, SECRET, algorithms=["HS256"])["role"] == "admin"
+    assert verifier(SECRET).verify(token).role is Role.ADMIN
+
+
+def test_token_admin_reads_config_file_and_env(tmp_path: Path) -> None:
+    config = tmp_path / "cli.toml"
+    config.write_text("admin_token_ttl = 120\n", encoding="utf-8")
+    result = run_cli("--config", str(config), "token", "--admin", env=clean_env(FV_SECRET=SECRET))
+    assert result.returncode == 0, result.stderr
+    claims = verifier(SECRET).verify(result.stdout.strip())
+    assert claims.exp - claims.iat == 120
+    env = clean_env(FV_SECRET=SECRET, FV_ADMIN_TOKEN_TTL="300")
+    result = run_cli("--config", str(config), "token", "--admin", env=env)
+    assert result.returncode == 0, result.stderr
+    claims = verifier(SECRET).verify(result.stdout.strip())
+    assert claims.exp - claims.iat == 300  # environment beats the config file
+
+
+def test_token_without_admin_flag_fails() -> None:
+    result = run_cli("token", env=clean_env(FV_SECRET=SECRET))
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+# --- bad settings -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "args", "setting"),
+    [
+        ({"PORT": "70000"}, (), "port"),
+        ({"PORT": "abc"}, (), "port"),
+        ({"FV_STORE": "mysql://x"}, (), "store"),
+        ({"FV_SECRET": "short"}, (), "secret"),
+        ({}, ("--config", "/nonexistent"), "config"),
+        ({"FV_CONFIG": "/nonexistent.toml"}, (), "config"),
+        ({}, ("--port", "0"), "port"),
+        ({"FV_STORE": "mysql://x"}, ("token", "--admin"), "store"),
+    ],
+    ids=[
+        "PORT=70000",
+        "PORT=abc",
+        "FV_STORE=mysql",
+        "FV_SECRET=short",
+        "--config-missing",
+        "FV_CONFIG-missing",
+        "--port=0",
+        "token-bad-store",
+    ],
+)
+def test_bad_setting_stops_the_start(
+    env: dict[str, str], args: tuple[str, ...], setting: str
+) -> None:
+    base = {"FV_SECRET": SECRET, "FV_HOST": "127.0.0.1", "PORT": str(free_port())}
+    result = run_cli(*args, env=clean_env(**{**base, **env}))
+    assert result.returncode != 0
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.search(rf"\b{setting}\b", lines[0]), lines[0]
+    assert SECRET not in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_port_in_use_stops_the_start() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = clean_env(FV_SECRET=SECRET, FV_HOST="127.0.0.1", PORT=str(port))
+        result = run_cli(env=env)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert str(port) in lines[0]
+
+
+# --- serving ------------------------------------------------------------------------------------
+
+
+def test_serve_answers_healthz_on_the_flag_port(tmp_path: Path) -> None:
+    """PORT names one port, --port another: the flag wins."""
+    env_port, flag_port = free_port(), free_port()
+    env = {"FV_SECRET": SECRET, "PORT": str(env_port)}
+    args = ("--port", str(flag_port), "serve")
+    with serving(tmp_path, clean_env(**env), *args, port=flag_port) as srv:
+        resp = http("GET", srv.url + "/healthz")
+        assert resp.status == 200
+        assert resp.json() == {"status": "ok"}
+        assert http("GET", srv.url + "/readyz").status == 200
+        with pytest.raises(OSError):
+            http("GET", f"http://127.0.0.1:{env_port}/healthz", timeout=0.5)
+        assert SECRET not in srv.log_text()
+        assert "admin token" not in srv.log_text()
+
+
+def start_upload(srv: Server, token: str, body: bytes, first: int) -> socket.socket:
+    """An in-flight POST /features: headers and the first bytes of the body, the rest later."""
+    port = int(srv.url.rsplit(":", 1)[1])
+    sock = socket.create_connection(("127.0.0.1", port), timeout=HTTP_TIMEOUT)
+    sock.sendall(
+        (
+            "POST /features HTTP/1.1\r\n"
+            f"Host: 127.0.0.1:{port}\r\n"
+            f"Authorization: Bearer {token}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        + body[:first]
+    )
+    return sock
+
+
+def read_status_line(sock: socket.socket, timeout: float) -> bytes:
+    """The first line of the answer, or b"" when none comes before the deadline."""
+    received = b""
+    deadline = time.monotonic() + timeout
+    while b"\r\n" not in received and time.monotonic() < deadline:
+        sock.settimeout(max(0.05, deadline - time.monotonic()))
+        try:
+            chunk = sock.recv(65536)
+        except (TimeoutError, ConnectionError):
+            break
+        if not chunk:
+            break
+        received += chunk
+    return received.split(b"\r\n", 1)[0]
+
+
+UPLOAD = json.dumps({"title": "Sent while draining", "description": "x" * 200}).encode()
+
+
+def test_sigterm_drains_then_exits_zero(tmp_path: Path) -> None:
+    env = clean_env(FV_SECRET=SECRET, FV_DRAIN_DELAY="1.0", FV_SHUTDOWN_TIMEOUT="5")
+    with serving(tmp_path, env) as srv:
+        assert http("GET", srv.url + "/readyz").status == 200
+        voter = http("POST", srv.url + "/auth/token").json()["token"]
+        inflight = start_upload(srv, voter, UPLOAD, 50)
+        try:
+            time.sleep(0.2)  # let the server start handling it
+            sent_at = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+
+            saw_503 = False
+            deadline = sent_at + 0.8
+            while time.monotonic() < deadline and not saw_503:
+                answer = http("GET", srv.url + "/readyz", timeout=0.5)
+                if answer.status == 503:
+                    saw_503 = True
+                    assert answer.headers.get("Content-Type", "").startswith(
+                        "application/problem+json"
+                    )
+                else:
+                    assert answer.status == 200
+                    time.sleep(0.05)
+            assert saw_503, "/readyz never answered 503 during the drain delay"
+            assert http("GET", srv.url + "/healthz", timeout=0.5).status == 200
+            assert srv.proc.poll() is None, "exited before the drain delay"
+
+            # The in-flight request, finished during the delay, is answered.
+            inflight.sendall(UPLOAD[50:])
+            assert read_status_line(inflight, 3).startswith(b"HTTP/1.1 201")
+        finally:
+            inflight.close()
+
+        code = wait_exit(srv.proc, timeout=6)
+        elapsed = time.monotonic() - sent_at
+        assert code == 0, srv.log_text()
+        assert elapsed >= 0.9, f"exited after {elapsed:.2f}s, before the 1.0s drain delay"
+        assert elapsed < 4, f"took {elapsed:.2f}s to exit with nothing in flight"
+        with pytest.raises(OSError):
+            http("GET", srv.url + "/healthz", timeout=0.5)
+
+
+def test_inflight_request_finishes_after_the_drain_delay(tmp_path: Path) -> None:
+    """A request whose handler started before SIGTERM and whose body arrives after the drain
+    delay (while the listener closes) is still answered, and the process then exits 0 at once,
+    not after shutdown_timeout."""
+    env = clean_env(FV_SECRET=SECRET, FV_DRAIN_DELAY="0.3", FV_SHUTDOWN_TIMEOUT="3")
+    with serving(tmp_path, env) as srv:
+        voter = http("POST", srv.url + "/auth/token").json()["token"]
+        inflight = start_upload(srv, voter, UPLOAD, 50)
+        try:
+            time.sleep(0.2)  # the handler is now waiting for the body
+            sent_at = time.monotonic()
+            srv.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.8)  # past the drain delay: the listener is closed
+            assert srv.proc.poll() is None, "exited while a request was in flight"
+            inflight.sendall(UPLOAD[50:])
+            status = read_status_line(inflight, 2)
+        finally:
+            inflight.close()
+        code = wait_exit(srv.proc, timeout=6)
+        elapsed = time.monotonic() - sent_at
+        assert status.startswith(b"HTTP/1.1 201"), f"in-flight request got {status!r}"
+        assert code == 0, srv.log_text()
+        assert elapsed < 2.5, f"took {elapsed:.2f}s to exit after the request finished"
+
+
+def test_sigint_also_exits_zero(tmp_path: Path) -> None:
+    env = clean_env(FV_SECRET=SECRET, FV_DRAIN_DELAY="0")
+    with serving(tmp_path, env) as srv:
+        srv.proc.send_signal(signal.SIGINT)
+        assert wait_exit(srv.proc, timeout=6) == 0, srv.log_text()
+        assert "Traceback" not in srv.log_text()
+
+
+def test_without_secret_the_log_has_a_working_admin_token(tmp_path: Path) -> None:
+    with serving(tmp_path, clean_env()) as srv:
+        match = None
+        deadline = time.monotonic() + 5
+        while match is None and time.monotonic() < deadline:
+            match = re.search(r"admin token: (\S+)", srv.log_text())
+            if match is None:
+                time.sleep(0.05)
+        assert match is not None, srv.log_text()
+        admin = {"Authorization": f"Bearer {match.group(1)}"}
+        lines = [line for line in srv.log_text().splitlines() if "admin token" in line]
+        assert len(lines) == 1
+
+        voter = {"Authorization": "Bearer " + http("POST", srv.url + "/auth/token").json()["token"]}
+        created = http("POST", srv.url + "/features", body={"title": "Dark mode"}, headers=voter)
+        assert created.status == 201, created.body
+        path = srv.url + f"/features/{created.json()['id']}"
+
+        denied = http("PATCH", path, body={"status": "planned"}, headers=voter)
+        assert denied.status == 403
+        patched = http("PATCH", path, body={"status": "planned"}, headers=admin)
+        assert patched.status == 200, patched.body
+        assert patched.json()["status"] == "planned"
+        assert http("GET", path).json()["status"] == "planned"
+
+        # The random secret is this process's own: a token signed with another is refused.
+        forged = verifier(SECRET).issue(Role.ADMIN, "admin")[0]
+        refused = http(
+            "PATCH", path, body={"status": "done"}, headers={"Authorization": f"Bearer {forged}"}
+        )
+        assert refused.status == 401
