@@ -218,20 +218,24 @@ class MemoryStore(Store):
             votes = self._by_feature[feature_id]
             old = votes.get(voter, 0)
             if old != value:
-                self._unindex(rec)
+                # Only the top order depends on counts: move one key in two sorted lists.
+                old_key = sort_key(Sort.TOP, rec.id, rec.up, rec.down)
                 up_delta = (value > 0) - (old > 0)
                 down_delta = (value < 0) - (old < 0)
                 rec.up += up_delta
                 rec.down += down_delta
                 self._up += up_delta
                 self._down += down_delta
+                new_key = sort_key(Sort.TOP, rec.id, rec.up, rec.down)
+                for top in (self._all.top, self._by_status[rec.status].top):
+                    top.remove(old_key)
+                    top.add(new_key)
                 if value:
                     votes[voter] = value
                     self._by_voter.setdefault(voter, {})[feature_id] = value
                 else:
                     del votes[voter]
                     self._forget_voter_vote(voter, feature_id)
-                self._index(rec)
                 self._changed()
             return VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)  # type: ignore[arg-type]
 
