@@ -80,7 +80,8 @@ class Broadcaster:
         self._clock = clock
         self._clients: set[Client] = set()
         self._behind: set[Client] = set()
-        self._frame = _Frame()
+        self._frame = _Frame()  # the last pushed frame
+        self._snapshot = _Frame()  # a newer frame built for joining clients between pushes
         self._wake = asyncio.Event()
         self._dirty = True  # the first frame is built at start
         self._closing: set[asyncio.Task[None]] = set()
@@ -114,13 +115,19 @@ class Broadcaster:
 
     # --- clients ------------------------------------------------------------------------------
 
-    def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
-        """Register a socket and write the current snapshot to it at once."""
+    async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
+        """Register a socket and write the current stats to it first, even mid-interval."""
+        view = await self._store.stats()
+        snapshot = self._frame
+        if view.seq > snapshot.seq:  # a change waits for the next push: don't send stale stats
+            snapshot = self._snapshot
+            if view.seq != snapshot.seq:
+                snapshot = _Frame(view.seq, text_frame(stats_message(view.seq, view.body)))
+                self._snapshot = snapshot
         client = Client(ws, transport)
         self._clients.add(client)
         self._metrics.ws_clients.inc()
-        if self._frame.seq >= 0:
-            self._write(client, self._clock())
+        self._write(client, snapshot, self._clock())
         return client
 
     def remove(self, client: Client) -> None:
@@ -176,13 +183,13 @@ class Broadcaster:
         sent = 0
         for client in list(self._clients):
             if client.seq < self._frame.seq:
-                sent += self._write(client, now)
+                sent += self._write(client, self._frame, now)
         self._metrics.ws_frames.inc(sent)
         if changed_at is not None:
             self._metrics.ws_lag.observe(self._clock() - changed_at)
 
-    def _write(self, client: Client, now: float) -> int:
-        """Write the current frame without waiting; track and drop clients that stay behind."""
+    def _write(self, client: Client, frame: _Frame, now: float) -> int:
+        """Write a frame without waiting; track and drop clients that stay behind."""
         transport = client.transport
         if transport.is_closing():
             return 0
@@ -196,8 +203,8 @@ class Broadcaster:
         if client.behind_since is not None:
             client.behind_since = None
             self._behind.discard(client)
-        transport.write(self._frame.data)
-        client.seq = self._frame.seq
+        transport.write(frame.data)
+        client.seq = frame.seq
         return 1
 
     def _drop(self, client: Client) -> None:

@@ -55,7 +55,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if transport is None:  # the peer left during the handshake
         return ws
     broadcaster = request.app[keys.BROADCASTER]
-    client = broadcaster.add(ws, transport)
+    client = await broadcaster.add(ws, transport)
     try:
         async for msg in ws:  # only this task reads the socket
             if msg.type is WSMsgType.TEXT:
