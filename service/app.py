@@ -13,21 +13,20 @@ from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 from . import api, keys, ops, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
-from .config import PROJECT_ROOT, ConfigError, Settings
+from .config import PROJECT_ROOT, Settings
 from .errors import problem_middleware
 from .lifecycle import Lifecycle, inflight_middleware
 from .metrics import Metrics, metrics_middleware
 from .openapi import document_bytes
-from .store import MemoryStore, Store
+from .store import Store
+from .store.factory import store_from_settings
 
 WEB_ROOT: Final = PROJECT_ROOT / "web"
 
 
 def make_store(settings: Settings) -> Store:
-    """The store named by the `store` setting."""
-    if settings.store == "memory":
-        return MemoryStore(top_n=settings.top_n, idempotency_ttl=settings.idempotency_ttl)
-    raise ConfigError("store", f"{settings.store.split(':')[0]} stores are not supported yet")
+    """The store named by the `store` setting (see service/store/factory.py)."""
+    return store_from_settings(settings)
 
 
 def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
@@ -53,7 +52,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
     if store is None:
-        app.cleanup_ctx.append(_close_store)
+        app.cleanup_ctx.append(_open_store)
     app[keys.BROADCASTER] = Broadcaster(
         app[keys.STORE],
         metrics,
@@ -78,7 +77,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     return app
 
 
-async def _close_store(app: web.Application) -> AsyncIterator[None]:
+async def _open_store(app: web.Application) -> AsyncIterator[None]:
+    await app[keys.STORE].start()
     yield
     await app[keys.STORE].close()
 

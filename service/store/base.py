@@ -80,8 +80,11 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailable when the backend cannot answer."""
 
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Connect and start background work (e.g. a change subscription); default: nothing."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook, most stores hold nothing
-        """Release connections; the default has none."""
+        """Release connections and stop background work; the default has none."""
 
     @abc.abstractmethod
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
