@@ -10,7 +10,7 @@ import jinja2
 from aiohttp import WSCloseCode, web
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
-from . import api, keys, ops, ws
+from . import api, keys, ops, pages, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
@@ -70,6 +70,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app.add_routes(api.routes)
     app.add_routes(ops.routes)
     app.add_routes(ws.routes)
+    app.add_routes(pages.routes)
     app.router.add_static("/static/swagger/", SWAGGER_UI_PY_ROOT / "static")
     app.router.add_static("/static/", WEB_ROOT / "static")
     aiohttp_jinja2.setup(app, loader=jinja2.FileSystemLoader(WEB_ROOT / "templates"))

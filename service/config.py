@@ -84,6 +84,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     idempotency_ttl: PositiveInt = 24 * 3600
     shutdown_timeout: PositiveFloat = 10.0
     drain_delay: NonNegativeFloat = 0.5
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^(https?://\S+)?$")] = ""
     push_interval: PositiveFloat = 0.02
     ws_max_msg_size: Annotated[int, msgspec.Meta(ge=64)] = 4096
     ws_heartbeat: NonNegativeFloat = 30.0

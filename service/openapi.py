@@ -188,6 +188,9 @@ OPERATIONS: Final[list[Op]] = [
     Op("get", "/metrics", "Prometheus metrics", 200, media="text/plain"),
     Op("get", "/openapi.json", "This document", 200, media="application/json"),
     Op("get", "/docs", "Swagger UI for this document", 200, media="text/html"),
+    Op("get", "/", "The live dashboard page", 200, media="text/html"),
+    Op("get", "/present", "The shared-screen presenter page with a join QR code", 200,
+       media="text/html"),
 ]
 
 

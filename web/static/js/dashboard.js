@@ -1,0 +1,116 @@
+// The dashboard: live leaderboard, +1/−1 toggles, and the proposal form.
+import { call, identity, problem } from "./api.js";
+import { describeMoves, renderBoard, renderTotals } from "./board.js";
+import { LiveStats, showConnection } from "./live.js";
+
+const board = document.getElementById("board");
+const template = document.getElementById("row-template");
+const announce = document.getElementById("announce");
+const form = document.getElementById("propose");
+let myVotes = {};
+let top = [];
+
+function render(features) {
+  top = features;
+  document.getElementById("empty").hidden = features.length > 0;
+  const before = renderBoard(board, template, features, myVotes);
+  const sentence = describeMoves(before, features);
+  if (sentence) announce.textContent = sentence;
+}
+
+function onStats(stats) {
+  renderTotals(document, stats);
+  render(stats.top);
+}
+
+async function loadMyVotes() {
+  const res = await call("GET", "/me/votes");
+  if (res.ok) {
+    myVotes = (await res.json()).votes;
+    render(top);
+  }
+}
+
+async function vote(button) {
+  const li = button.closest("li");
+  const id = li.dataset.id;
+  const value = Number(button.dataset.value);
+  const retract = myVotes[id] === value;
+  for (const b of li.querySelectorAll("button.vote")) b.disabled = true;
+  try {
+    const res = retract
+      ? await call("DELETE", `/features/${id}/vote`)
+      : await call("PUT", `/features/${id}/vote`, { value });
+    if (!res.ok) {
+      announce.textContent = (await problem(res)).detail || "The vote was not counted.";
+      return;
+    }
+    const result = await res.json();
+    if (result.value) myVotes[id] = result.value; else delete myVotes[id];
+    top = top.map((f) => (String(f.id) === id
+      ? { ...f, up: result.up, down: result.down, score: result.score } : f));
+    announce.textContent = retract ? "Vote taken back." : `Voted ${value > 0 ? "+1" : "−1"}.`;
+  } catch (err) {
+    announce.textContent = `The vote did not reach the server: ${err.message}`;
+  } finally {
+    render(top);
+  }
+}
+
+board.addEventListener("click", (event) => {
+  const button = event.target.closest("button.vote");
+  if (button && !button.disabled) vote(button);
+});
+
+function showErrors(errors) {
+  for (const el of form.querySelectorAll("[data-error-for]")) el.textContent = "";
+  for (const input of form.querySelectorAll("input, textarea")) input.removeAttribute("aria-invalid");
+  for (const { loc, msg, field } of errors) {
+    const name = field || (loc || "").replace(/^\$\./, "");
+    const slot = form.querySelector(`[data-error-for="${name}"]`);
+    if (slot) {
+      slot.textContent = msg;
+      form.elements[name].setAttribute("aria-invalid", "true");
+    } else {
+      document.getElementById("form-error").textContent = msg;
+    }
+  }
+}
+
+let submitKey = null;
+form.addEventListener("submit", async (event) => {
+  event.preventDefault();
+  const body = { title: form.elements.title.value, description: form.elements.description.value };
+  submitKey = submitKey || crypto.randomUUID(); // a retried submit must not create a second feature
+  document.getElementById("form-error").textContent = "";
+  document.getElementById("form-ok").textContent = "";
+  const button = form.querySelector("button[type=submit]");
+  button.disabled = true;
+  try {
+    const res = await call("POST", "/features", body, { "Idempotency-Key": submitKey });
+    if (res.status === 201) {
+      const feature = await res.json();
+      submitKey = null;
+      form.reset();
+      showErrors([]);
+      document.getElementById("form-ok").textContent = `Added “${feature.title}”.`;
+      return;
+    }
+    const p = await problem(res);
+    if (res.status === 422 && p.errors && p.errors.length) {
+      showErrors(p.errors);
+    } else {
+      submitKey = null;
+      showErrors([{ loc: "$", msg: p.detail || p.title || `error ${res.status}` }]);
+    }
+  } catch (err) {
+    showErrors([{ loc: "$", msg: `Not sent: ${err.message}` }]);
+  } finally {
+    button.disabled = false;
+  }
+});
+form.addEventListener("input", () => { submitKey = null; });
+
+const conn = document.getElementById("conn");
+new LiveStats({ onStats, onState: (state) => showConnection(conn, state) }).start();
+identity().then(loadMyVotes).catch((err) => { announce.textContent = err.message; });

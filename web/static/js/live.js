@@ -1,0 +1,92 @@
+// One WebSocket to /ws: a snapshot on connect, then newer stats; reconnects with backoff + jitter.
+const BASE_DELAY_MS = 500;
+const MAX_DELAY_MS = 15_000;
+const PING_EVERY_MS = 20_000;
+const SILENCE_LIMIT_MS = 45_000;
+
+export class LiveStats {
+  constructor({ onStats, onState }) {
+    this.onStats = onStats;
+    this.onState = onState;
+    this.attempt = 0;
+    this.seq = -1;
+    this.ws = null;
+    this.timer = null;
+    this.lastHeard = 0;
+  }
+
+  start() {
+    window.addEventListener("online", () => this.reconnectNow());
+    window.addEventListener("offline", () => this.setState("offline"));
+    setInterval(() => this.keepAlive(), PING_EVERY_MS);
+    this.connect();
+  }
+
+  url() {
+    const scheme = location.protocol === "https:" ? "wss:" : "ws:";
+    return `${scheme}//${location.host}/ws`;
+  }
+
+  connect() {
+    clearTimeout(this.timer);
+    this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
+    const ws = new WebSocket(this.url());
+    this.ws = ws;
+    ws.addEventListener("open", () => {
+      this.attempt = 0;
+      this.seq = -1; // a new connection starts from its snapshot (a restarted server may count anew)
+      this.lastHeard = Date.now();
+      this.setState("live");
+    });
+    ws.addEventListener("message", (event) => this.receive(event.data));
+    ws.addEventListener("close", () => {
+      if (this.ws === ws) this.scheduleReconnect();
+    });
+  }
+
+  receive(data) {
+    this.lastHeard = Date.now();
+    let msg;
+    try { msg = JSON.parse(data); } catch (_) { return; }
+    if (msg.type !== "stats" || typeof msg.seq !== "number") return;
+    if (msg.seq <= this.seq) return; // stale: never go back
+    this.seq = msg.seq;
+    this.onStats(msg.stats);
+  }
+
+  scheduleReconnect() {
+    this.ws = null;
+    if (!navigator.onLine) { this.setState("offline"); return; }
+    this.setState("reconnecting");
+    const ceiling = Math.min(MAX_DELAY_MS, BASE_DELAY_MS * 2 ** this.attempt);
+    const delay = ceiling / 2 + Math.random() * (ceiling / 2); // "equal jitter"
+    this.attempt += 1;
+    this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  reconnectNow() {
+    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return;
+    this.attempt = 0;
+    this.connect();
+  }
+
+  keepAlive() {
+    const ws = this.ws;
+    if (!ws || ws.readyState !== WebSocket.OPEN) return;
+    if (Date.now() - this.lastHeard > SILENCE_LIMIT_MS) { ws.close(); return; }
+    ws.send('{"type":"ping"}');
+  }
+
+  setState(state) {
+    this.state = state;
+    this.onState(state);
+  }
+}
+
+const LABELS = { connecting: "connecting…", live: "live", reconnecting: "reconnecting…", offline: "offline" };
+
+/** Reflect a connection state in the indicator element. */
+export function showConnection(el, state) {
+  el.dataset.state = state;
+  el.querySelector(".conn-label").textContent = LABELS[state] || state;
+}
