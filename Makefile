@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run test lint fmt clean
+.PHONY: run run-cluster test lint fmt clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,30 @@ $(VENV)/.dev: requirements.txt requirements-dev.txt | $(BIN)/activate
 
 run: $(VENV)/.runtime
 	$(PY) -m service
+
+# Two instances (8081, 8082) on one Redis behind nginx on 8080 (config/nginx.conf); Ctrl-C
+# stops all three, and so does any one of them exiting. FV_STORE and FV_SECRET are honoured.
+CLUSTER_STORE ?= redis://127.0.0.1:6379/0
+run-cluster: $(VENV)/.runtime
+	@command -v nginx >/dev/null || { echo "run-cluster: nginx is not installed" \
+		"(Debian/Ubuntu: apt-get install -y nginx)" >&2; exit 1; }
+	@set -u; \
+	export FV_STORE="$${FV_STORE:-$(CLUSTER_STORE)}"; \
+	export FV_SECRET="$${FV_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')}"; \
+	$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' \
+		"$$FV_STORE" 2>/dev/null || { echo "run-cluster: no Redis at $$FV_STORE" \
+		"(start redis-server, or set FV_STORE)" >&2; exit 1; }; \
+	rundir=$$(mktemp -d); pids=""; \
+	trap 'kill $$pids 2>/dev/null; wait; rm -rf "$$rundir"' EXIT; trap 'exit 0' INT TERM; \
+	PORT=8081 $(PY) -m service & pids="$$pids $$!"; \
+	PORT=8082 $(PY) -m service & pids="$$pids $$!"; \
+	nginx -p "$$rundir" -e stderr -c "$(CURDIR)/config/nginx.conf" -g 'daemon off;' & \
+	pids="$$pids $$!"; \
+	echo "run-cluster: http://localhost:8080 (nginx) -> :8081, :8082 on $$FV_STORE"; \
+	echo "run-cluster: admin token: $$($(PY) -m service token --admin)"; \
+	while :; do for pid in $$pids; do kill -0 $$pid 2>/dev/null \
+		|| { echo "run-cluster: process $$pid exited; stopping the others" >&2; exit 1; }; \
+		done; sleep 1; done
 
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)

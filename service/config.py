@@ -92,6 +92,14 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     slow_client_timeout: PositiveFloat = 5.0
     ws_close_timeout: PositiveFloat = 2.0
     log_level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
+    log_format: Annotated[str, msgspec.Meta(pattern="^(auto|json|text)$")] = "auto"
+    access_log: bool = True
+    cors_origins: tuple[str, ...] = ()
+    max_header_size: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8190
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")] = "fv:"
+    redis_socket_timeout: PositiveFloat = 1.0
+    redis_connect_timeout: PositiveFloat = 0.5
+    redis_max_connections: Annotated[int, msgspec.Meta(ge=2)] = 50
 
 
 FIELDS: Final = {f.name: f for f in msgspec.structs.fields(Settings)}
@@ -107,7 +115,7 @@ def _convert(name: str, value: Any, source: str) -> Any:
     field = FIELDS.get(name)
     if field is None:
         raise ConfigError(name, f"unknown setting (from {source})")
-    if isinstance(value, str) and name == "allowed_origins":
+    if isinstance(value, str) and name in ("allowed_origins", "cors_origins"):
         value = [v.strip() for v in value.split(",") if v.strip()]
     try:
         return msgspec.convert(value, field.type, strict=False, dec_hook=_dec_hook)

@@ -6,11 +6,12 @@ from typing import Final
 from urllib.parse import urlsplit
 
 import msgspec
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import keys
 from .errors import ApiError
 from .schemas import Pong, WsError, client_message_decoder, encoder
+from .store import StoreUnavailable
 
 PONG: Final = encoder.encode(Pong())
 BINARY_REFUSED: Final = encoder.encode(WsError(detail="send JSON text frames"))
@@ -55,7 +56,11 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     if transport is None:  # the peer left during the handshake
         return ws
     broadcaster = request.app[keys.BROADCASTER]
-    client = await broadcaster.add(ws, transport)
+    try:
+        client = await broadcaster.add(ws, transport)
+    except StoreUnavailable:  # upgraded already: answer in WebSocket terms, not HTTP
+        await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
+        return ws
     try:
         async for msg in ws:  # only this task reads the socket
             if msg.type is WSMsgType.TEXT:

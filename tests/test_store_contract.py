@@ -25,6 +25,8 @@ from service.store import (
     etag_for,
 )
 
+from .redis_support import TestRedisStore, require_redis
+
 TOP_N: Final = 3
 IDEMPOTENCY_TTL: Final = 10.0
 LISTENER_TIMEOUT: Final = 2.0
@@ -51,8 +53,16 @@ async def _memory(top_n: int, idempotency_ttl: float, clock: FakeClock) -> Store
     return MemoryStore(top_n=top_n, idempotency_ttl=idempotency_ttl, clock=clock)
 
 
-# The one place to register a backend (e.g. "redis": a factory that flushes a test database).
-STORE_FACTORIES: Final[dict[str, StoreFactory]] = {"memory": _memory}
+async def _redis(top_n: int, idempotency_ttl: float, clock: FakeClock) -> Store:
+    """A started RedisStore in a key namespace of its own, deleted again on close."""
+    require_redis()
+    store = TestRedisStore(top_n=top_n, idempotency_ttl=idempotency_ttl, clock=clock)
+    await store.start()
+    return store
+
+
+# The one place to register a backend.
+STORE_FACTORIES: Final[dict[str, StoreFactory]] = {"memory": _memory, "redis": _redis}
 
 
 @pytest.fixture

@@ -1,0 +1,106 @@
+"""Choosing the Redis store, its key encoding, and real instances started from the command line."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from service.config import ConfigError
+from service.schemas import Sort
+from service.store import MemoryStore, sort_key
+from service.store.factory import store_from_settings
+from service.store.redis import RedisStore, encode_key
+
+from .conftest import make_settings
+from .redis_support import REDIS_URL, delete_namespace, require_redis, unique_prefix
+from .test_main import SECRET, clean_env, http, run_cli, serving
+
+# --- the factory --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("env", [{}, {"WEB_CONCURRENCY": "1"}, {"WEB_CONCURRENCY": " "}])
+def test_memory_store_with_one_worker(env: dict[str, str]) -> None:
+    assert isinstance(store_from_settings(make_settings(), env), MemoryStore)
+
+
+@pytest.mark.parametrize("workers", ["2", "8"])
+def test_memory_store_refuses_several_workers(workers: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        store_from_settings(make_settings(), {"WEB_CONCURRENCY": workers})
+    message = str(info.value)
+    assert info.value.setting == "store"
+    assert "\n" not in message
+    assert f"WEB_CONCURRENCY={workers}" in message and "redis://" in message
+
+
+def test_unreadable_worker_count_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
+        store_from_settings(make_settings(), {"WEB_CONCURRENCY": "many"})
+
+
+async def test_redis_url_selects_the_redis_store_without_connecting() -> None:
+    settings = make_settings(store="redis://127.0.0.1:1/3", redis_prefix="board-7:", top_n=4)
+    store = store_from_settings(settings, {"WEB_CONCURRENCY": "4"})
+    assert isinstance(store, RedisStore)
+    await store.close()
+
+
+def test_bad_redis_url_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="store"):
+        store_from_settings(make_settings(store="redis://127.0.0.1:port/0"), {})
+
+
+def test_cli_refuses_memory_store_with_several_workers() -> None:
+    result = run_cli(env=clean_env(FV_SECRET=SECRET, WEB_CONCURRENCY="2", FV_STORE="memory"))
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert re.search(r"\bstore\b", lines[0]) and "WEB_CONCURRENCY=2" in lines[0]
+
+
+# --- member encoding: byte order is the contract order -----------------------------------------
+
+votes = st.integers(0, 10**6)
+
+
+@given(st.lists(st.tuples(st.integers(1, 10**9), votes, votes), min_size=2, max_size=30,
+                unique_by=lambda t: t[0]))
+def test_member_bytes_sort_like_the_keys(rows: list[tuple[int, int, int]]) -> None:
+    for sort in Sort:
+        keys = [sort_key(sort, fid, up, down) for fid, up, down in rows]
+        assert sorted(keys) == sorted(keys, key=encode_key)
+
+
+@given(st.tuples(st.integers(), st.integers(), st.integers()))
+def test_forged_cursor_keys_encode_to_fixed_width(key: tuple[int, int, int]) -> None:
+    assert re.fullmatch(r"[0-9]{48}", encode_key(key))
+
+
+# --- instances started like production: python -m service with FV_STORE ------------------------
+
+
+def test_two_cli_instances_share_one_redis(tmp_path: Path) -> None:
+    require_redis()
+    prefix = unique_prefix()
+    env = clean_env(FV_SECRET=SECRET, FV_STORE=REDIS_URL, FV_REDIS_PREFIX=prefix,
+                    WEB_CONCURRENCY="2")
+    try:
+        with serving(tmp_path, env) as a, serving(tmp_path, env) as b:
+            assert http("GET", a.url + "/readyz").status == 200
+            token = http("POST", a.url + "/auth/token").json()["token"]
+            auth = {"Authorization": f"Bearer {token}"}
+            created = http("POST", b.url + "/features", body={"title": "Shared"}, headers=auth)
+            assert created.status == 201
+            fid = created.json()["id"]
+            assert http("PUT", a.url + f"/features/{fid}/vote", body={"value": 1},
+                        headers=auth).status == 200
+            on_a = http("GET", a.url + "/features/stats")
+            on_b = http("GET", b.url + "/features/stats")
+            assert on_a.headers["ETag"] == on_b.headers["ETag"]
+            assert on_b.json()["top"][0]["up"] == 1
+    finally:
+        delete_namespace(REDIS_URL, prefix)
