@@ -16,6 +16,7 @@ from . import keys
 from .app import create_app
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
+from .logs import setup_logging
 
 log = logging.getLogger("service")
 
@@ -54,7 +55,12 @@ async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain: readyz 503, sockets closed, requests finished."""
     app = create_app(settings)
     runner = web.AppRunner(
-        app, shutdown_timeout=settings.shutdown_timeout, access_log=None, handle_signals=False
+        app,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,  # our own structured access log is written by a middleware
+        handle_signals=False,
+        max_line_size=settings.max_header_size,
+        max_field_size=settings.max_header_size,
     )
     await runner.setup()
     try:
@@ -73,7 +79,8 @@ async def serve(settings: Settings) -> None:
         if settings.secret.generated:
             token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
             log.warning(
-                "no FV_SECRET: using a random secret for this process only; admin token: %s", token
+                "no FV_SECRET: a random secret signs tokens; admin token: %s (this process only)",
+                token,
             )
         await stop.wait()
         lifecycle = app[keys.LIFECYCLE]
@@ -111,9 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
         print(token)
         return 0
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format)
     try:
         with asyncio.Runner(loop_factory=_loop_factory()) as runner:
             runner.run(serve(settings))

@@ -14,7 +14,9 @@ from aiohttp import web
 from . import keys
 from .auth import Claims, Role, bearer_token, require_role
 from .errors import ApiError, invalid_input
+from .logs import VOTER_KEY
 from .schemas import (
+    CURSOR_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -37,6 +39,7 @@ JSON: Final = "application/json"
 _FEATURE_ID: Final = re.compile(r"^[1-9][0-9]{0,17}$")
 _IDEMPOTENCY_KEY: Final = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}$")
 _LIMIT: Final = re.compile(r"^[0-9]{1,3}$")
+_CURSOR: Final = re.compile(CURSOR_PATTERN)
 _cursor_decoder: Final = msgspec.json.Decoder(list[str | int])
 T = TypeVar("T")
 
@@ -56,7 +59,9 @@ def _query_error(name: str, msg: str) -> ApiError:
 def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
     """Verified claims of the request's bearer token (401/403 through the domain errors)."""
     token = bearer_token(request.headers.get("Authorization"))
-    return require_role(request.app[keys.TOKENS].verify(token), role)
+    claims = request.app[keys.TOKENS].verify(token)
+    request[VOTER_KEY] = claims.sub  # for the access log, which writes only a hash of it
+    return require_role(claims, role)
 
 
 def feature_id(request: web.Request) -> int:
@@ -121,6 +126,8 @@ def encode_cursor(sort: Sort, status: Status | None, key: CursorKey) -> str:
 
 def decode_cursor(cursor: str, sort: Sort, status: Status | None) -> CursorKey:
     try:
+        if not _CURSOR.fullmatch(cursor):  # b64decode would skip stray characters
+            raise ValueError(cursor)
         parts = _cursor_decoder.decode(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
     except (binascii.Error, ValueError, msgspec.DecodeError):
         raise _query_error("cursor", "not a cursor this server made") from None
@@ -186,12 +193,17 @@ async def create_feature(request: web.Request) -> web.Response:
     return _created(created.feature, created.replayed)
 
 
-@routes.get("/features/{id}")
+# Digits only, so /features/stats keeps its own methods: PATCH or DELETE on it is a 405 (with
+# Allow), not an admin operation on a feature called "stats".
+FEATURE_PATH: Final = "/features/{id:[0-9]+}"
+
+
+@routes.get(FEATURE_PATH)
 async def get_feature(request: web.Request) -> web.Response:
     return json_response(await request.app[keys.STORE].get_feature(feature_id(request)))
 
 
-@routes.patch("/features/{id}")
+@routes.patch(FEATURE_PATH)
 async def patch_feature(request: web.Request) -> web.Response:
     claims_of(request, Role.ADMIN)
     fid = feature_id(request)
@@ -201,7 +213,7 @@ async def patch_feature(request: web.Request) -> web.Response:
     return json_response(feature)
 
 
-@routes.delete("/features/{id}")
+@routes.delete(FEATURE_PATH)
 async def delete_feature(request: web.Request) -> web.Response:
     claims_of(request, Role.ADMIN)
     await request.app[keys.STORE].delete_feature(feature_id(request))

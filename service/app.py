@@ -18,6 +18,7 @@ from .errors import problem_middleware
 from .lifecycle import Lifecycle, inflight_middleware
 from .metrics import Metrics, metrics_middleware
 from .openapi import document_bytes
+from .security import add_security_headers, cors_middleware
 from .store import Store
 from .store.factory import store_from_settings
 
@@ -37,7 +38,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
         client_max_size=settings.max_body_size,
         middlewares=[
             inflight_middleware(lifecycle),
-            metrics_middleware(metrics),
+            *([cors_middleware(settings.cors_origins)] if settings.cors_origins else []),
+            metrics_middleware(metrics, access=settings.access_log),
             problem_middleware,
         ],
     )
@@ -66,6 +68,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app.cleanup_ctx.append(_follow_seq)
     app.cleanup_ctx.append(_run_broadcaster)
     app.on_shutdown.append(_start_draining)
+    app.on_response_prepare.append(add_security_headers)
 
     app.add_routes(api.routes)
     app.add_routes(ops.routes)

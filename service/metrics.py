@@ -9,6 +9,8 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from .logs import REQUEST_ID_HEADER, log_access, request_id
+
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNMATCHED_ROUTE: Final = "unmatched"
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -72,16 +74,20 @@ class Metrics:
         children[1].observe(seconds)
 
 
-def metrics_middleware(metrics: Metrics) -> Middleware:
-    """Count and time every request under its route template, never its raw path."""
+def metrics_middleware(metrics: Metrics, access: bool = False) -> Middleware:
+    """Count and time every request under its route template (never its raw path), tag it with a
+    request id, and, with `access`, write its access-log line."""
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()
         status = 500
+        rid = request_id(request)
         try:
             response = await handler(request)
             status = response.status
+            if not response.prepared:
+                response.headers[REQUEST_ID_HEADER] = rid
             return response
         except web.HTTPException as exc:
             status = exc.status
@@ -90,6 +96,9 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             resource = request.match_info.route.resource
             route = resource.canonical if resource is not None else UNMATCHED_ROUTE
             method = request.method if request.method in KNOWN_METHODS else "OTHER"
-            metrics.observe(route, method, status, time.perf_counter() - started)
+            elapsed = time.perf_counter() - started
+            metrics.observe(route, method, status, elapsed)
+            if access:
+                log_access(request, route, status, elapsed)
 
     return middleware

@@ -11,6 +11,7 @@ import msgspec
 
 from . import __version__
 from .schemas import (
+    CURSOR_PATTERN,
     IDEMPOTENCY_KEY_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
@@ -56,15 +57,23 @@ LIST_PARAMS: Final = [
     {
         "name": "cursor",
         "in": "query",
-        "schema": {"type": "string"},
-        "description": "Opaque; next_cursor of the previous page, with the same sort and status.",
+        "schema": {"type": "string", "pattern": CURSOR_PATTERN},
+        "description": (
+            "Opaque; next_cursor of the previous page, with the same sort and status. "
+            "Any other value is 422."
+        ),
     },
 ]
 IDEMPOTENCY_PARAM: Final = {
     "name": "Idempotency-Key",
     "in": "header",
     "required": False,
-    "schema": {"type": "string", "minLength": 1, "maxLength": IDEMPOTENCY_KEY_MAX},
+    "schema": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": IDEMPOTENCY_KEY_MAX,
+        "pattern": "^[\\x21-\\x7e]+$",  # printable ASCII, no space
+    },
     "description": "Same key and same body within the TTL: the first answer again, no new feature.",
 }
 IF_NONE_MATCH_PARAM: Final = {
@@ -200,10 +209,19 @@ def _problem(status: int) -> dict[str, Any]:
     if status != 304:
         response["content"] = content
     if status == 401:
-        response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+        response["headers"] = {"WWW-Authenticate": _header(r"^Bearer(\s|$)", "Bearer")}
     if status in (429, 503):
-        response["headers"] = {"Retry-After": {"schema": {"type": "string"}}}
+        response["headers"] = {"Retry-After": _header("^[0-9]+$", "seconds")}
     return response
+
+
+def _header(pattern: str, description: str) -> dict[str, Any]:
+    """A response header that is always sent."""
+    return {
+        "required": True,
+        "schema": {"type": "string", "pattern": pattern},
+        "description": description,
+    }
 
 
 def _operation(op: Op) -> dict[str, Any]:
@@ -214,7 +232,7 @@ def _operation(op: Op) -> dict[str, Any]:
         ok["content"] = {op.media: {"schema": {}}}
     if op.headers:
         ok["headers"] = {
-            name: {"schema": {"type": "string"}, "description": f"e.g. {example}"}
+            name: {"required": True, "schema": {"type": "string"}, "description": f"e.g. {example}"}
             for name, example in op.headers.items()
         }
     errors = set(op.errors)

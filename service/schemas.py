@@ -14,6 +14,7 @@ DESCRIPTION_MAX: Final = 2000
 PAGE_DEFAULT: Final = 50
 PAGE_MAX: Final = 200
 IDEMPOTENCY_KEY_MAX: Final = 255
+CURSOR_PATTERN: Final = "^[A-Za-z0-9_-]*$"  # next_cursor is unpadded base64url
 
 
 class Status(enum.StrEnum):
@@ -42,14 +43,41 @@ def _check_text(value: str, field: str, low: int, high: int) -> str:
     return value
 
 
+# The same rules as JSON Schema patterns for the OpenAPI document (ECMA-262 and Python agree on
+# these): W is what str.strip() removes, E a character that may start or end the trimmed text
+# (neither whitespace nor a control character), I one inside it (no control character but tab
+# and newline). tests/test_schemathesis.py checks them against _check_text.
+_W: Final = r"[\t-\r\x1c-\x20\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_E: Final = r"[^\x00-\x20\x7f-\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]"
+_I: Final = r"[^\x00-\x08\x0b-\x1f\x7f-\x9f]"
+TITLE_PATTERN: Final = rf"^{_W}*{_E}(?:{_I}{{0,{TITLE_MAX - 2}}}{_E})?{_W}*$"
+DESCRIPTION_PATTERN: Final = rf"^{_W}*(?:{_E}(?:{_I}*{_E})?)?{_W}*$"
+Title = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=4 * TITLE_MAX,
+        description=f"1..{TITLE_MAX} characters after trimming; no control characters",
+        extra_json_schema={"pattern": TITLE_PATTERN},
+    ),
+]
+Description = Annotated[
+    str,
+    msgspec.Meta(
+        max_length=DESCRIPTION_MAX,
+        description="trimmed; no control characters but tab and newline",
+        extra_json_schema={"pattern": DESCRIPTION_PATTERN},
+    ),
+]
+
+
 # --- requests -------------------------------------------------------------------------------
 
 
 class FeatureCreate(msgspec.Struct, forbid_unknown_fields=True):
     """Body of POST /features."""
 
-    title: Annotated[str, msgspec.Meta(max_length=4 * TITLE_MAX)]
-    description: Annotated[str, msgspec.Meta(max_length=DESCRIPTION_MAX)] = ""
+    title: Title
+    description: Description = ""
 
     def __post_init__(self) -> None:
         self.title = _check_text(self.title, "title", 1, TITLE_MAX)
@@ -59,8 +87,8 @@ class FeatureCreate(msgspec.Struct, forbid_unknown_fields=True):
 class FeaturePatch(msgspec.Struct, forbid_unknown_fields=True):
     """Body of PATCH /features/{id}; absent fields stay as they are."""
 
-    title: str | msgspec.UnsetType = msgspec.UNSET
-    description: str | msgspec.UnsetType = msgspec.UNSET
+    title: Title | msgspec.UnsetType = msgspec.UNSET
+    description: Description | msgspec.UnsetType = msgspec.UNSET
     status: Status | msgspec.UnsetType = msgspec.UNSET
 
     def __post_init__(self) -> None:

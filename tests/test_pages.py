@@ -191,6 +191,15 @@ def test_no_console_errors(browser: Browser, server: Server) -> None:
         page.close()
 
 
+def test_api_docs_render_offline_under_the_csp(browser: Browser, server: Server) -> None:
+    page = browser.new_page()
+    console = Console(page)
+    page.goto(server.url + "/docs")
+    expect(page.locator(".opblock").first).to_be_visible(timeout=10_000)
+    assert page.locator(".opblock").count() >= 15
+    assert console.errors == [], console.errors
+
+
 def test_reconnects_after_a_restart(browser: Browser, server: Server) -> None:
     server.feature("Before the restart", server.token())
     page = open_page(browser, server.url + "/")

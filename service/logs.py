@@ -1,0 +1,93 @@
+"""Logs: one JSON object per line (or readable text in development), one access line a request."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sys
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import msgspec
+from aiohttp import web
+
+REQUEST_ID_HEADER: Final = "X-Request-ID"
+_REQUEST_ID: Final = re.compile(r"^[\w.:-]{1,128}$")
+# Set on the request by the auth helper; the access log writes only a hash of it.
+VOTER_KEY: Final = web.RequestKey("voter_id", str)
+REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
+_BASE_FIELDS: Final = frozenset(vars(logging.makeLogRecord({})))
+_encoder: Final = msgspec.json.Encoder()
+access_log: Final = logging.getLogger("service.access")
+
+
+class JsonFormatter(logging.Formatter):
+    """{"ts", "level", "logger", "msg", ...extra fields} on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        entry.update({k: v for k, v in vars(record).items() if k not in _BASE_FIELDS})
+        if record.exc_info:
+            entry["exc"] = self.formatException(record.exc_info)
+        return _encoder.encode(entry).decode()
+
+
+class TextFormatter(logging.Formatter):
+    """Readable lines for a terminal, with the extra fields as key=value."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _BASE_FIELDS)
+        line = super().format(record)
+        return f"{line} {extra}" if extra else line
+
+
+def setup_logging(level: str, fmt: str) -> None:
+    """Root logging for the process; `fmt` is json, text, or auto (text on a terminal)."""
+    if fmt == "auto":
+        fmt = "text" if sys.stderr.isatty() else "json"
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def request_id(request: web.Request) -> str:
+    """The caller's X-Request-ID when it is sane, else a new one; stored on the request."""
+    given = request.headers.get(REQUEST_ID_HEADER, "")
+    rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    request[REQUEST_ID_KEY] = rid
+    return rid
+
+
+def voter_hash(voter_id: str) -> str:
+    """A stable pseudonym for correlating a voter's lines without logging the id itself."""
+    return hashlib.sha256(voter_id.encode()).hexdigest()[:12]
+
+
+def log_access(request: web.Request, route: str, status: int, seconds: float) -> None:
+    """One line per request; never a token, a secret or a raw voter id."""
+    if not access_log.isEnabledFor(logging.INFO):
+        return
+    fields: dict[str, Any] = {
+        "request_id": request.get(REQUEST_ID_KEY),
+        "method": request.method,
+        "route": route,
+        "status": status,
+        "ms": round(seconds * 1000, 2),
+        "remote": request.remote,
+    }
+    voter = request.get(VOTER_KEY)
+    if voter:
+        fields["voter"] = voter_hash(voter)
+    access_log.info("%s %s %d", request.method, route, status, extra=fields)

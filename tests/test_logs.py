@@ -1,0 +1,91 @@
+"""Structured logs: one JSON access line per request with a request id; never a token or secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+from service.logs import JsonFormatter, voter_hash
+
+from .browser import ROOT, free_port
+from .conftest import TEST_SECRET, Client, bearer
+
+JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
+
+
+@pytest.fixture
+def access_lines(caplog: pytest.LogCaptureFixture) -> pytest.LogCaptureFixture:
+    caplog.set_level(logging.INFO, logger="service.access")
+    return caplog
+
+
+async def test_one_access_line_per_request(client: Client, access_lines: pytest.LogCaptureFixture,
+                                           voter: dict[str, str]) -> None:
+    access_lines.clear()
+    resp = await client.get("/features/stats", headers={"X-Request-ID": "abc-123"})
+    assert resp.headers["X-Request-ID"] == "abc-123"
+    await client.get("/me/votes", headers=voter)
+    records = [r for r in access_lines.records if r.name == "service.access"]
+    assert len(records) == 2
+    first, second = (json.loads(JsonFormatter().format(r)) for r in records)
+    assert first["request_id"] == "abc-123"
+    assert (first["route"], first["status"], first["method"]) == ("/features/stats", 200, "GET")
+    assert first["ms"] >= 0 and "voter" not in first
+    assert second["route"] == "/me/votes"
+    assert re.fullmatch(r"[0-9a-f]{12}", second["voter"])
+    assert not any(JWT.search(r.getMessage() + json.dumps(vars(r), default=str))
+                   for r in access_lines.records)
+
+
+async def test_request_id_is_generated_when_missing_or_odd(client: Client) -> None:
+    for given in (None, "has spaces", "x" * 200):
+        headers = {} if given is None else {"X-Request-ID": given}
+        resp = await client.get("/healthz", headers=headers)
+        rid = resp.headers["X-Request-ID"]
+        assert rid != given and re.fullmatch(r"[0-9a-f]{32}", rid)
+
+
+def test_voter_hash_is_stable_and_not_the_id() -> None:
+    assert voter_hash("alice") == voter_hash("alice") != voter_hash("bob")
+    assert "alice" not in voter_hash("alice")
+
+
+def test_no_token_or_secret_in_a_served_process_log() -> None:
+    """A real process in JSON mode: every line parses, none holds a token or the secret."""
+    port = free_port()
+    env = {**os.environ, "FV_SECRET": TEST_SECRET, "FV_HOST": "127.0.0.1", "PORT": str(port),
+           "FV_DRAIN_DELAY": "0", "FV_LOG_FORMAT": "json"}
+    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                urllib.request.urlopen(base + "/healthz", timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        req = urllib.request.Request(base + "/auth/token", method="POST")
+        token = json.load(urllib.request.urlopen(req, timeout=2))["token"]
+        for path in ("/me/votes", "/features?token=" + token):
+            req = urllib.request.Request(base + path, headers=bearer(token))
+            urllib.request.urlopen(req, timeout=2).close()
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=10)
+    lines = err.decode().splitlines()
+    assert len(lines) >= 4
+    entries = [json.loads(line) for line in lines]
+    assert sum(1 for e in entries if e["logger"] == "service.access") == 4
+    assert TEST_SECRET not in err.decode()
+    assert token not in err.decode(), "a token leaked into the log"
+    assert all(e["route"] != "/features?token=" + token for e in entries if "route" in e)
