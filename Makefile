@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run run-cluster test lint fmt clean
+.PHONY: run run-cluster test lint audit bench bench-quick fmt clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,7 @@ run-cluster: $(VENV)/.runtime
 	@set -u; \
 	export FV_STORE="$${FV_STORE:-$(CLUSTER_STORE)}"; \
 	export FV_SECRET="$${FV_SECRET:-$$($(PY) -c 'import secrets; print(secrets.token_urlsafe(32))')}"; \
+	export FV_TRUSTED_PROXIES="$${FV_TRUSTED_PROXIES:-127.0.0.1}"; \
 	$(PY) -c 'import redis, sys; redis.Redis.from_url(sys.argv[1], socket_timeout=1).ping()' \
 		"$$FV_STORE" 2>/dev/null || { echo "run-cluster: no Redis at $$FV_STORE" \
 		"(start redis-server, or set FV_STORE)" >&2; exit 1; }; \
@@ -49,8 +50,26 @@ test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.dev
-	$(BIN)/ruff check service tests
+	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy
+
+# Fan-out benchmark against a floor server, driven by a Node `ws` client fleet (npm ci into
+# bench/node_modules). Results: bench/RESULTS.md. `make bench-quick` is a < 1 minute smoke run.
+bench/node_modules/.package-lock.json: bench/package.json bench/package-lock.json
+	cd bench && npm ci --no-audit --no-fund
+
+bench: $(VENV)/.runtime bench/node_modules/.package-lock.json
+	$(PY) bench/fanout.py $(BENCH_ARGS)
+
+bench-quick: $(VENV)/.runtime bench/node_modules/.package-lock.json
+	$(PY) bench/fanout.py --quick $(BENCH_ARGS)
+
+# Known-vulnerability audit of the pinned runtime dependencies. --strict fails when a package
+# cannot be checked (e.g. no route to an advisory database), so "no findings" is never silent.
+PIP_AUDIT := pip-audit==2.10.1
+audit: $(VENV)/.dev
+	$(PY) -m pip install --quiet $(PIP_AUDIT)
+	$(BIN)/pip-audit --strict --progress-spinner off -r requirements.txt
 
 fmt: $(VENV)/.dev
 	$(BIN)/ruff format service tests
