@@ -64,6 +64,13 @@ def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
     return require_role(claims, role)
 
 
+def client_of(request: web.Request) -> str:
+    """The client's address for per-address limits (X-Forwarded-For only from trusted proxies)."""
+    return request.app[keys.RATE_LIMITS].address(
+        request.remote, request.headers.get("X-Forwarded-For")
+    )
+
+
 def feature_id(request: web.Request) -> int:
     raw = request.match_info["id"]
     if not _FEATURE_ID.match(raw):
@@ -177,6 +184,8 @@ def _created(feature: Feature, replayed: bool) -> web.Response:
 @routes.post("/features")
 async def create_feature(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    limits = request.app[keys.RATE_LIMITS]
+    await limits.check(limits.create, claims.sub)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.match(key):
         raise ApiError(
@@ -228,6 +237,8 @@ async def delete_feature(request: web.Request) -> web.Response:
 @routes.post("/features/{id}/vote")
 async def put_vote(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    limits = request.app[keys.RATE_LIMITS]
+    await limits.check(limits.vote, claims.sub)
     fid = feature_id(request)
     vote = await read_body(request, vote_decoder)
     result = await request.app[keys.STORE].set_vote(claims.sub, fid, vote.value)
@@ -238,6 +249,8 @@ async def put_vote(request: web.Request) -> web.Response:
 @routes.delete("/features/{id}/vote")
 async def retract_vote(request: web.Request) -> web.Response:
     claims = claims_of(request)
+    limits = request.app[keys.RATE_LIMITS]
+    await limits.check(limits.vote, claims.sub)
     result = await request.app[keys.STORE].set_vote(claims.sub, feature_id(request), 0)
     request.app[keys.METRICS].votes.labels("retract").inc()
     return json_response(result)
@@ -252,6 +265,8 @@ async def my_votes(request: web.Request) -> web.Response:
 
 @routes.post("/auth/token")
 async def issue_token(request: web.Request) -> web.Response:
+    limits = request.app[keys.RATE_LIMITS]
+    await limits.check(limits.token, client_of(request))
     token, claims = request.app[keys.TOKENS].issue(Role.VOTER)
     out = TokenOut(token=token, voter_id=claims.sub, expires_at=_utc(claims.exp))
     return json_response(out, status=201, headers={"Cache-Control": "no-store"})

@@ -18,6 +18,7 @@ from .errors import problem_middleware
 from .lifecycle import Lifecycle, inflight_middleware
 from .metrics import Metrics, metrics_middleware
 from .openapi import document_bytes
+from .ratelimit import rate_limits_from_settings
 from .security import add_security_headers, cors_middleware
 from .store import Store
 from .store.factory import store_from_settings
@@ -53,6 +54,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
         cache_size=settings.token_cache_size,
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
+    app[keys.RATE_LIMITS] = rate_limits_from_settings(settings)
+    app.cleanup_ctx.append(_close_rate_limits)
     if store is None:
         app.cleanup_ctx.append(_open_store)
     app[keys.BROADCASTER] = Broadcaster(
@@ -85,6 +88,11 @@ async def _open_store(app: web.Application) -> AsyncIterator[None]:
     await app[keys.STORE].start()
     yield
     await app[keys.STORE].close()
+
+
+async def _close_rate_limits(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[keys.RATE_LIMITS].limiter.close()
 
 
 async def _follow_seq(app: web.Application) -> AsyncIterator[None]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import secrets as _secrets
@@ -66,6 +67,7 @@ Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
 PositiveFloat = Annotated[float, msgspec.Meta(gt=0)]
 NonNegativeFloat = Annotated[float, msgspec.Meta(ge=0)]
+NonNegativeInt = Annotated[int, msgspec.Meta(ge=0)]
 
 
 class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=True):
@@ -96,6 +98,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     access_log: bool = True
     cors_origins: tuple[str, ...] = ()
     max_header_size: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8190
+    token_rate: NonNegativeFloat = 120.0
+    token_burst: NonNegativeInt = 60
+    vote_rate: NonNegativeFloat = 60.0
+    vote_burst: NonNegativeInt = 20
+    create_rate: NonNegativeFloat = 10.0
+    create_burst: NonNegativeInt = 5
+    ws_connect_rate: NonNegativeFloat = 120.0
+    ws_connect_burst: NonNegativeInt = 60
+    trusted_proxies: tuple[str, ...] = ()
     redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")] = "fv:"
     redis_socket_timeout: PositiveFloat = 1.0
     redis_connect_timeout: PositiveFloat = 0.5
@@ -115,10 +126,14 @@ def _convert(name: str, value: Any, source: str) -> Any:
     field = FIELDS.get(name)
     if field is None:
         raise ConfigError(name, f"unknown setting (from {source})")
-    if isinstance(value, str) and name in ("allowed_origins", "cors_origins"):
+    if isinstance(value, str) and name in ("allowed_origins", "cors_origins", "trusted_proxies"):
         value = [v.strip() for v in value.split(",") if v.strip()]
     try:
-        return msgspec.convert(value, field.type, strict=False, dec_hook=_dec_hook)
+        converted = msgspec.convert(value, field.type, strict=False, dec_hook=_dec_hook)
+        if name == "trusted_proxies":
+            for network in converted:
+                ipaddress.ip_network(network, strict=False)
+        return converted
     except (msgspec.ValidationError, ValueError) as exc:
         shown = "<hidden>" if name == "secret" else repr(value)
         raise ConfigError(name, f"{exc} (from {source}, value {shown})") from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from http import HTTPStatus
@@ -13,6 +14,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .auth import Forbidden, TokenInvalid, TokenMissing
+from .ratelimit import RateLimited
 from .schemas import Problem, ProblemItem, encoder
 from .store import FeatureClosed, IdempotencyConflict, NotFound, StoreUnavailable
 
@@ -98,6 +100,9 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         return await handler(request)
     except ApiError as exc:
         return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    except RateLimited as exc:
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        return problem_response(429, str(exc), headers={"Retry-After": retry})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

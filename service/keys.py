@@ -11,6 +11,7 @@ from .broadcaster import Broadcaster
 from .config import Settings
 from .lifecycle import Lifecycle
 from .metrics import Metrics
+from .ratelimit import RateLimits
 from .store import Store
 
 SETTINGS: Final = web.AppKey("settings", Settings)
@@ -19,4 +20,5 @@ TOKENS: Final = web.AppKey("tokens", Tokens)
 METRICS: Final = web.AppKey("metrics", Metrics)
 LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
 BROADCASTER: Final = web.AppKey("broadcaster", Broadcaster)
+RATE_LIMITS: Final = web.AppKey("rate_limits", RateLimits)
 OPENAPI_BODY: Final = web.AppKey("openapi_body", bytes)

@@ -108,7 +108,7 @@ def _vote_op(method: str, summary: str, request: type | None) -> Op:
         VoteOut,
         request=request,
         auth="voter",
-        errors=(401, 404, 409, 503),
+        errors=(401, 404, 409, 429, 503),
         params=(ID_PARAM,),
     )
 
@@ -144,7 +144,7 @@ OPERATIONS: Final[list[Op]] = [
         Feature,
         request=FeatureCreate,
         auth="voter",
-        errors=(401, 503),
+        errors=(401, 429, 503),
         params=(IDEMPOTENCY_PARAM,),
         headers={"Location": "/features/{id}"},
     ),
@@ -183,13 +183,13 @@ OPERATIONS: Final[list[Op]] = [
         auth="voter",
         errors=(401, 503),
     ),
-    Op("post", "/auth/token", "Mint an anonymous voter token", 201, TokenOut),
+    Op("post", "/auth/token", "Mint an anonymous voter token", 201, TokenOut, errors=(429, 503)),
     Op(
         "get",
         "/ws",
         "Live stats push (WebSocket upgrade; see the README)",
         101,
-        errors=(403, 426),
+        errors=(403, 426, 429, 503),
         media="text/plain",
     ),
     Op("get", "/healthz", "Liveness", 200, Health),

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import keys
+from .api import client_of
 from .errors import ApiError
 from .schemas import Pong, WsError, client_message_decoder, encoder
 from .store import StoreUnavailable
@@ -44,6 +45,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[keys.SETTINGS]
     if not origin_allowed(request, settings.allowed_origins):
         raise ApiError(403, "this Origin may not open /ws (see allowed_origins)")
+    limits = request.app[keys.RATE_LIMITS]
+    await limits.check(limits.ws_connect, client_of(request))
     ws = web.WebSocketResponse(
         compress=False,
         max_msg_size=settings.ws_max_msg_size,

@@ -59,6 +59,11 @@ class Server:
             "PORT": str(self.port),
             "FV_DRAIN_DELAY": "0",
             "FV_LOG_LEVEL": "warning",
+            # the tests mint many tokens from 127.0.0.1; tests/test_ratelimit.py covers limits
+            "FV_TOKEN_RATE": "0",
+            "FV_VOTE_RATE": "0",
+            "FV_CREATE_RATE": "0",
+            "FV_WS_CONNECT_RATE": "0",
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None

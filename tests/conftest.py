@@ -15,13 +15,20 @@ from service.config import Secret, Settings
 from service.keys import TOKENS
 
 TEST_SECRET = "test-secret-that-is-long-enough-0001"
+NO_RATE_LIMITS: dict[str, Any] = {
+    "token_rate": 0.0, "vote_rate": 0.0, "create_rate": 0.0, "ws_connect_rate": 0.0
+}
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
 
 
 def make_settings(**overrides: Any) -> Settings:
     """Settings for tests: code defaults, a fixed secret, no config file, no environment."""
-    values: dict[str, Any] = {"secret": Secret((TEST_SECRET,)), "drain_delay": 0.0}
+    values: dict[str, Any] = {
+        "secret": Secret((TEST_SECRET,)),
+        "drain_delay": 0.0,
+        **NO_RATE_LIMITS,  # tests mint many tokens from one address; test_ratelimit turns them on
+    }
     values.update(overrides)
     return Settings(**values)
 

@@ -1,0 +1,218 @@
+"""Rate limits by GCRA: in memory for one process, or one atomic Redis script shared by all."""
+
+from __future__ import annotations
+
+import abc
+import ipaddress
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .config import Settings
+from .store import StoreUnavailable
+
+SECONDS_PER_MINUTE: Final = 60.0
+MEMORY_MAX_KEYS: Final = 200_000
+
+# GCRA: keep a "theoretical arrival time" per key; a request may come once now >= TAT - burst*T.
+# Time is the Redis server's clock, so every instance agrees on it.
+GCRA_LUA: Final = """
+local emission = tonumber(ARGV[1])
+local burst = tonumber(ARGV[2])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local next_tat = tat + emission
+local allow_at = next_tat - burst * emission
+if now < allow_at then return allow_at - now end
+redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now))
+return 0
+"""
+
+
+class RateLimited(Exception):
+    """Too many requests; try again after `retry_after` seconds."""
+
+    def __init__(self, rule: str, retry_after: float) -> None:
+        super().__init__(f"too many {rule} requests; try again in {math.ceil(retry_after)} s")
+        self.rule = rule
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """`per_minute` requests a minute on average, up to `burst` at once; 0 turns it off."""
+
+    name: str
+    per_minute: float
+    burst: int
+
+    @property
+    def enabled(self) -> bool:
+        return self.per_minute > 0 and self.burst > 0
+
+    @property
+    def emission(self) -> float:
+        """Seconds between requests at the average rate."""
+        return SECONDS_PER_MINUTE / self.per_minute
+
+
+class Limiter(abc.ABC):
+    """Counts hits per (rule, key); raises RateLimited when a key goes over its rule."""
+
+    async def hit(self, rule: Rule, key: str) -> None:
+        if rule.enabled:
+            wait = await self._wait(rule, key)
+            if wait > 0:
+                raise RateLimited(rule.name, wait)
+
+    @abc.abstractmethod
+    async def _wait(self, rule: Rule, key: str) -> float:
+        """Seconds until this hit would be allowed (0: allowed, and counted)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections."""
+
+
+class MemoryLimiter(Limiter):
+    """One process's counters; least recently used keys go first when there are too many."""
+
+    def __init__(
+        self, max_keys: int = MEMORY_MAX_KEYS, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._tat: OrderedDict[tuple[str, str], float] = OrderedDict()
+        self._max_keys = max_keys
+        self._clock = clock
+
+    async def _wait(self, rule: Rule, key: str) -> float:
+        now = self._clock()
+        slot = (rule.name, key)
+        tat = max(self._tat.get(slot, now), now)
+        next_tat = tat + rule.emission
+        allow_at = next_tat - rule.burst * rule.emission
+        if now < allow_at:
+            return allow_at - now
+        self._tat[slot] = next_tat
+        self._tat.move_to_end(slot)
+        if len(self._tat) > self._max_keys:
+            self._tat.popitem(last=False)
+        return 0.0
+
+
+class RedisLimiter(Limiter):
+    """Counters in Redis, so a limit holds across every instance; one script per hit."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str,
+        socket_timeout: float,
+        connect_timeout: float,
+        max_connections: int,
+    ) -> None:
+        from redis.asyncio import Redis
+
+        self._redis: Any = Redis.from_url(
+            url,
+            socket_timeout=socket_timeout,
+            socket_connect_timeout=connect_timeout,
+            max_connections=max_connections,
+            retry_on_timeout=False,
+        )
+        self._prefix = f"{prefix}rl:"
+        self._script = self._redis.register_script(GCRA_LUA)
+
+    async def _wait(self, rule: Rule, key: str) -> float:
+        from redis.exceptions import RedisError
+
+        try:
+            ms = await self._script(
+                keys=[f"{self._prefix}{rule.name}:{key}"],
+                args=[rule.emission * 1000, rule.burst],
+            )
+        except (RedisError, OSError, TimeoutError) as exc:
+            raise StoreUnavailable(f"rate limits unavailable: {type(exc).__name__}") from None
+        return float(ms) / 1000
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+
+def trusted_networks(
+    entries: Iterable[str],
+) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    return tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+
+
+def _trusted(hop: str, trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        ip = ipaddress.ip_address(hop)
+    except ValueError:
+        return False
+    return any(ip in net for net in trusted)
+
+
+def client_address(
+    remote: str | None,
+    forwarded_for: str | None,
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...],
+) -> str:
+    """The socket's peer; behind trusted proxies, the nearest X-Forwarded-For hop not trusted.
+
+    Hops are read from the right: everything left of the first untrusted hop was written by
+    the client and may be forged.
+    """
+    address = remote or "unknown"
+    if not forwarded_for or not _trusted(address, trusted):
+        return address
+    hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _trusted(hop, trusted):
+            return hop
+    return hops[0] if hops else address
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """The instance's limiter and its rules."""
+
+    limiter: Limiter
+    token: Rule
+    vote: Rule
+    create: Rule
+    ws_connect: Rule
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+
+    def address(self, remote: str | None, forwarded_for: str | None) -> str:
+        return client_address(remote, forwarded_for, self.trusted)
+
+    async def check(self, rule: Rule, key: str) -> None:
+        await self.limiter.hit(rule, key)
+
+
+def rate_limits_from_settings(settings: Settings) -> RateLimits:
+    """Memory counters for the memory store; shared Redis counters for a Redis store."""
+    limiter: Limiter
+    if settings.store == "memory":
+        limiter = MemoryLimiter()
+    else:
+        limiter = RedisLimiter(
+            settings.store,
+            prefix=settings.redis_prefix,
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            max_connections=settings.redis_max_connections,
+        )
+    return RateLimits(
+        limiter=limiter,
+        token=Rule("token", settings.token_rate, settings.token_burst),
+        vote=Rule("vote", settings.vote_rate, settings.vote_burst),
+        create=Rule("create", settings.create_rate, settings.create_burst),
+        ws_connect=Rule("ws_connect", settings.ws_connect_rate, settings.ws_connect_burst),
+        trusted=trusted_networks(settings.trusted_proxies),
+    )
