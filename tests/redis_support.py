@@ -29,6 +29,7 @@ from service.store.redis import RedisStore
 REDIS_URL: Final = os.environ.get("FV_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REDIS_SERVER: Final = shutil.which("redis-server")
 START_TIMEOUT: Final = 10.0
+SLOW_MACHINE_TIMEOUT: Final = 5.0
 
 
 @functools.cache
@@ -64,6 +65,11 @@ class TestRedisStore(RedisStore):
 
     def __init__(self, url: str = REDIS_URL, **kwargs: Any) -> None:
         kwargs.setdefault("prefix", unique_prefix())
+        # Generous unless a test asks for fast failure: a loaded CI machine can take more than
+        # the production 0.5 s to open dozens of connections at once (the fault tests pass their
+        # own short timeouts).
+        kwargs.setdefault("socket_timeout", SLOW_MACHINE_TIMEOUT)
+        kwargs.setdefault("connect_timeout", SLOW_MACHINE_TIMEOUT)
         super().__init__(url, **kwargs)
         self.url = url
         self.prefix: str = kwargs["prefix"]
