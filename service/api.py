@@ -12,7 +12,7 @@ import msgspec
 from aiohttp import web
 
 from . import keys
-from .auth import Claims, Role, bearer_token, require_role
+from .auth import Claims, Role, TokenInvalid, TokenMissing, bearer_token, require_role
 from .errors import ApiError, invalid_input
 from .logs import VOTER_KEY
 from .schemas import (
@@ -20,6 +20,7 @@ from .schemas import (
     IDEMPOTENCY_KEY_MAX,
     PAGE_DEFAULT,
     PAGE_MAX,
+    RANKED_SORTS,
     Feature,
     FeatureList,
     MyVotes,
@@ -32,15 +33,18 @@ from .schemas import (
     feature_patch_decoder,
     vote_decoder,
 )
-from .store import CursorKey
-from .store.base import KEY_LENGTH
+from .store import Audience, CursorKey
+from .store.base import HIDDEN_KEY_LENGTH, KEY_LENGTH
 
 JSON: Final = "application/json"
+# Answers whose numbers depend on who asks (hidden results): caches must key on the token.
+VARY_AUTH: Final = {"Vary": "Authorization"}
 _FEATURE_ID: Final = re.compile(r"^[1-9][0-9]{0,17}$")
 _IDEMPOTENCY_KEY: Final = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}$")
 _LIMIT: Final = re.compile(r"^[0-9]{1,3}$")
 _CURSOR: Final = re.compile(CURSOR_PATTERN)
 _cursor_decoder: Final = msgspec.json.Decoder(list[str | int])
+ID_ORDER: Final = "id"  # cursor marker: the key is (id,) of a listing in id order
 T = TypeVar("T")
 
 routes = web.RouteTableDef()
@@ -69,6 +73,26 @@ def client_of(request: web.Request) -> str:
     return request.app[keys.RATE_LIMITS].address(
         request.remote, request.headers.get("X-Forwarded-For")
     )
+
+
+def audience_of(request: web.Request) -> Audience:
+    """ADMIN for a valid admin token; anyone else (no, bad or voter token) reads as PUBLIC.
+
+    Public reads never fail on a token: one that is not a valid admin token just gets the view
+    everyone gets (with hidden results: no numbers).
+    """
+    header = request.headers.get("Authorization")
+    if not header:
+        return Audience.PUBLIC
+    try:
+        claims = request.app[keys.TOKENS].verify(bearer_token(header))
+    except (TokenMissing, TokenInvalid):
+        return Audience.PUBLIC
+    return audience_for(claims)
+
+
+def audience_for(claims: Claims) -> Audience:
+    return Audience.ADMIN if claims.role is Role.ADMIN else Audience.PUBLIC
 
 
 def feature_id(request: web.Request) -> int:
@@ -116,8 +140,10 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 @routes.get("/features/stats")
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    view = await request.app[keys.STORE].stats()
-    headers = {"ETag": view.etag, "Cache-Control": "no-cache"}
+    view = await request.app[keys.STORE].stats(audience_of(request))
+    # The ETag names the audience whenever the audiences' bodies differ, so an admin's tag never
+    # earns a public reader a 304 (etag_for).
+    headers = {"ETag": view.etag, "Cache-Control": "no-cache", **VARY_AUTH}
     if etag_matches(request.headers.get("If-None-Match"), view.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=view.body, content_type=JSON, headers=headers)
@@ -127,7 +153,10 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def encode_cursor(sort: Sort, status: Status | None, key: CursorKey) -> str:
-    raw = encoder.encode([sort.value, status.value if status else "", *key])
+    # A ranked listing that ran by id (hidden results) marks its key, so no other cursor of
+    # that sort is mistaken for one.
+    marker = [ID_ORDER] if sort in RANKED_SORTS and len(key) == HIDDEN_KEY_LENGTH else []
+    raw = encoder.encode([sort.value, status.value if status else "", *marker, *key])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
@@ -141,7 +170,10 @@ def decode_cursor(cursor: str, sort: Sort, status: Status | None) -> CursorKey:
     if parts[:2] != [sort.value, status.value if status else ""]:
         raise _query_error("cursor", "the cursor belongs to another sort or status")
     key = parts[2:]
-    if len(key) != KEY_LENGTH[sort] or not all(type(k) is int for k in key):
+    length = KEY_LENGTH[sort]
+    if sort in RANKED_SORTS and key[:1] == [ID_ORDER]:
+        key, length = key[1:], HIDDEN_KEY_LENGTH
+    if len(key) != length or not all(type(k) is int for k in key):
         raise _query_error("cursor", "not a cursor this server made")
     return tuple(k for k in key if isinstance(k, int))
 
@@ -168,10 +200,10 @@ async def list_features(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor, sort, status) if cursor else None
     page = await request.app[keys.STORE].list_features(
-        sort=sort, status=status, limit=int(raw_limit), after=after
+        sort=sort, status=status, limit=int(raw_limit), after=after, audience=audience_of(request)
     )
     next_cursor = encode_cursor(sort, status, page.next_key) if page.next_key else None
-    return json_response(FeatureList(items=page.items, next_cursor=next_cursor))
+    return json_response(FeatureList(items=page.items, next_cursor=next_cursor), headers=VARY_AUTH)
 
 
 def _created(feature: Feature, replayed: bool) -> web.Response:
@@ -195,7 +227,7 @@ async def create_feature(request: web.Request) -> web.Response:
         )
     new = await read_body(request, feature_create_decoder)
     created = await request.app[keys.STORE].create_feature(
-        new, owner=claims.sub, idempotency_key=key
+        new, owner=claims.sub, idempotency_key=key, audience=audience_for(claims)
     )
     if not created.replayed:
         request.app[keys.METRICS].features.labels("create").inc()
@@ -209,7 +241,9 @@ FEATURE_PATH: Final = "/features/{id:[0-9]+}"
 
 @routes.get(FEATURE_PATH)
 async def get_feature(request: web.Request) -> web.Response:
-    return json_response(await request.app[keys.STORE].get_feature(feature_id(request)))
+    store = request.app[keys.STORE]
+    feature = await store.get_feature(feature_id(request), audience=audience_of(request))
+    return json_response(feature, headers=VARY_AUTH)
 
 
 @routes.patch(FEATURE_PATH)
@@ -241,7 +275,9 @@ async def put_vote(request: web.Request) -> web.Response:
     await limits.check(limits.vote, claims.sub)
     fid = feature_id(request)
     vote = await read_body(request, vote_decoder)
-    result = await request.app[keys.STORE].set_vote(claims.sub, fid, vote.value)
+    result = await request.app[keys.STORE].set_vote(
+        claims.sub, fid, vote.value, audience=audience_for(claims)
+    )
     request.app[keys.METRICS].votes.labels("vote").inc()
     return json_response(result)
 
@@ -251,7 +287,9 @@ async def retract_vote(request: web.Request) -> web.Response:
     claims = claims_of(request)
     limits = request.app[keys.RATE_LIMITS]
     await limits.check(limits.vote, claims.sub)
-    result = await request.app[keys.STORE].set_vote(claims.sub, feature_id(request), 0)
+    result = await request.app[keys.STORE].set_vote(
+        claims.sub, feature_id(request), 0, audience=audience_for(claims)
+    )
     request.app[keys.METRICS].votes.labels("retract").inc()
     return json_response(result)
 

@@ -10,7 +10,7 @@ import jinja2
 from aiohttp import WSCloseCode, web
 from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
-from . import api, keys, ops, pages, ws
+from . import api, board_api, keys, ops, pages, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
@@ -74,6 +74,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app.on_response_prepare.append(add_security_headers)
 
     app.add_routes(api.routes)
+    app.add_routes(board_api.routes)
     app.add_routes(ops.routes)
     app.add_routes(ws.routes)
     app.add_routes(pages.routes)

@@ -14,9 +14,10 @@ import jwt
 import msgspec
 
 from .config import Secret
+from .schemas import TOKEN_MAX
 
 ALGORITHM: Final = "HS256"
-MAX_TOKEN_LENGTH: Final = 2048
+MAX_TOKEN_LENGTH: Final = TOKEN_MAX
 VOTER_ID_BYTES: Final = 16
 
 

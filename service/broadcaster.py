@@ -1,4 +1,6 @@
-"""One broadcaster per instance: coalesce changes, encode each push once, never wait on a client."""
+"""One broadcaster per instance: coalesce changes, encode each push once per audience, never wait
+on a client. While results are hidden, admin sockets get the real numbers and everyone else the
+hidden view: one frame per audience per push, written to each client as shared bytes."""
 
 from __future__ import annotations
 
@@ -14,11 +16,13 @@ from typing import Final
 from aiohttp import WSCloseCode, web
 
 from .metrics import Metrics
-from .store import Store
+from .schemas import AuthOk, encoder
+from .store import Audience, StatsView, Store
 
 # Close code for a client that stayed too far behind (RFC 6455: 1013 "try again later").
 CLOSE_TOO_SLOW: Final = WSCloseCode.TRY_AGAIN_LATER
 _FIN_TEXT: Final = 0x81
+AUTH_OK: Final = encoder.encode(AuthOk(role="admin"))
 log = logging.getLogger(__name__)
 
 
@@ -47,13 +51,22 @@ class Client:
     transport: asyncio.Transport
     seq: int = -1
     behind_since: float | None = None
+    audience: Audience = Audience.PUBLIC
 
 
 @dataclass(slots=True)
 class _Frame:
     seq: int = -1
     data: bytes = b""
-    changed_at: float | None = None  # when the oldest change not yet pushed happened
+    etag: str = ""  # of the stats view it carries: audiences sharing a view share the frame
+
+
+def _frame(view: StatsView) -> _Frame:
+    return _Frame(view.seq, text_frame(stats_message(view.seq, view.body)), view.etag)
+
+
+def _empty_frames() -> dict[Audience, _Frame]:
+    return {audience: _Frame() for audience in Audience}
 
 
 @dataclass
@@ -80,8 +93,9 @@ class Broadcaster:
         self._clock = clock
         self._clients: set[Client] = set()
         self._behind: set[Client] = set()
-        self._frame = _Frame()  # the last pushed frame
-        self._snapshot = _Frame()  # a newer frame built for joining clients between pushes
+        self._frames = _empty_frames()  # the last pushed frame of each audience
+        self._snapshots = _empty_frames()  # newer frames built for joining clients between pushes
+        self._changed_at: float | None = None  # when the oldest change not yet pushed happened
         self._wake = asyncio.Event()
         self._dirty = True  # the first frame is built at start
         self._closing: set[asyncio.Task[None]] = set()
@@ -115,20 +129,40 @@ class Broadcaster:
 
     # --- clients ------------------------------------------------------------------------------
 
+    async def _current(self, audience: Audience) -> _Frame:
+        """The newest frame of an audience: the last push, or a newer snapshot between pushes."""
+        view = await self._store.stats(audience)
+        frame = self._frames[audience]
+        if view.seq > frame.seq:  # a change waits for the next push: don't send stale stats
+            frame = self._snapshots[audience]
+            if view.seq != frame.seq:
+                frame = self._snapshots[audience] = _frame(view)
+        return frame
+
     async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
         """Register a socket and write the current stats to it first, even mid-interval."""
-        view = await self._store.stats()
-        snapshot = self._frame
-        if view.seq > snapshot.seq:  # a change waits for the next push: don't send stale stats
-            snapshot = self._snapshot
-            if view.seq != snapshot.seq:
-                snapshot = _Frame(view.seq, text_frame(stats_message(view.seq, view.body)))
-                self._snapshot = snapshot
+        snapshot = await self._current(Audience.PUBLIC)
         client = Client(ws, transport)
         self._clients.add(client)
         self._metrics.ws_clients.inc()
         self._write(client, snapshot, self._clock())
         return client
+
+    async def promote(self, client: Client) -> None:
+        """Give a socket the admin's frames: an ack, then the current admin stats at once.
+
+        The admin frame may carry the seq the client already has (other numbers, same change),
+        so the ack tells the client to accept it; after that seq only grows again.
+        """
+        frame = await self._current(Audience.ADMIN)
+        if client not in self._clients or client.transport.is_closing():
+            return
+        pushed = self._frames[Audience.ADMIN]  # a push may have passed during the await
+        if pushed.seq > frame.seq:
+            frame = pushed
+        client.audience = Audience.ADMIN
+        client.transport.write(text_frame(AUTH_OK))
+        self._write(client, frame, self._clock())
 
     def remove(self, client: Client) -> None:
         if client in self._clients:
@@ -145,7 +179,7 @@ class Broadcaster:
     def _on_change(self, seq: int) -> None:
         if not self._dirty:
             self._dirty = True
-            self._frame.changed_at = self._clock()
+            self._changed_at = self._clock()
         self._wake.set()
 
     async def _run(self) -> None:
@@ -160,6 +194,11 @@ class Broadcaster:
             try:
                 await self._push()
             except Exception:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    # stop() cancelled us while a store call turned that into its own error
+                    # (seen with redis-py at shutdown): stop, or stop() would wait forever.
+                    raise asyncio.CancelledError from None
                 log.exception("push failed; retrying on the next change")
                 self._dirty = True
             # Leading edge: the first change is pushed at once; later ones wait out the interval.
@@ -168,10 +207,16 @@ class Broadcaster:
     async def _push(self) -> None:
         if self._dirty:
             self._dirty = False
-            changed_at = self._frame.changed_at
-            view = await self._store.stats()
-            if view.seq > self._frame.seq:
-                self._frame = _Frame(view.seq, text_frame(stats_message(view.seq, view.body)))
+            changed_at, self._changed_at = self._changed_at, None
+            views = await self._store.stats_by_audience()
+            built: dict[str, _Frame] = {}  # audiences that see the same view share its frame
+            for audience, view in views.items():
+                if view.seq > self._frames[audience].seq:
+                    frame = built.get(view.etag)
+                    if frame is None:
+                        frame = built[view.etag] = _frame(view)
+                    self._frames[audience] = frame
+            if built:
                 self._metrics.ws_pushes.inc()
                 self._deliver(changed_at)
                 return
@@ -182,8 +227,9 @@ class Broadcaster:
         now = self._clock()
         sent = 0
         for client in list(self._clients):
-            if client.seq < self._frame.seq:
-                sent += self._write(client, self._frame, now)
+            frame = self._frames[client.audience]
+            if client.seq < frame.seq:
+                sent += self._write(client, frame, now)
         self._metrics.ws_frames.inc(sent)
         if changed_at is not None:
             self._metrics.ws_lag.observe(self._clock() - changed_at)

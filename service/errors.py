@@ -16,7 +16,13 @@ from aiohttp.typedefs import Handler
 from .auth import Forbidden, TokenInvalid, TokenMissing
 from .ratelimit import RateLimited
 from .schemas import Problem, ProblemItem, encoder
-from .store import FeatureClosed, IdempotencyConflict, NotFound, StoreUnavailable
+from .store import (
+    FeatureClosed,
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    VotingClosed,
+)
 
 PROBLEM_JSON: Final = "application/problem+json"
 RETRY_AFTER_SECONDS: Final = "1"
@@ -29,6 +35,7 @@ log = logging.getLogger(__name__)
 DOMAIN_ERRORS: Final[Mapping[type[Exception], tuple[int, Mapping[str, str]]]] = {
     NotFound: (404, {}),
     FeatureClosed: (409, {}),
+    VotingClosed: (409, {}),
     IdempotencyConflict: (422, {}),
     StoreUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),
     TokenMissing: (401, {"WWW-Authenticate": "Bearer"}),

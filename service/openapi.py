@@ -17,13 +17,17 @@ from .schemas import (
     PAGE_MAX,
     REQUEST_TYPES,
     RESPONSE_TYPES,
+    Board,
+    BoardPatch,
     Feature,
     FeatureCreate,
     FeatureList,
     FeaturePatch,
     Health,
     MyVotes,
+    RoundList,
     Sort,
+    Standings,
     Stats,
     Status,
     TokenOut,
@@ -46,7 +50,13 @@ LIST_PARAMS: Final = [
         "name": "sort",
         "in": "query",
         "schema": {"enum": [s.value for s in Sort], "default": "top"},
-        "description": "top: score desc, up desc, id asc; new: id desc.",
+        "description": (
+            "top: score desc, up desc, id asc; new: id desc; wilson: lower bound of the 95 % "
+            "Wilson score interval of up/(up+down) desc, features without votes last, id asc; "
+            "controversial: (up+down)^(min(up,down)/max(up,down)) desc, votes desc, id asc "
+            "(ADR-007). While results are hidden, top, wilson and controversial reach "
+            "everyone but an admin in id order."
+        ),
     },
     {"name": "status", "in": "query", "schema": {"enum": [s.value for s in Status]}},
     {
@@ -76,6 +86,26 @@ IDEMPOTENCY_PARAM: Final = {
     },
     "description": "Same key and same body within the TTL: the first answer again, no new feature.",
 }
+ROUND_PARAM: Final = {
+    "name": "n",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "description": "A closed round's number; anything else (the open round too) is 404.",
+}
+ROUND_QUERY: Final = {
+    "name": "round",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "description": "A closed round (unknown: 404); absent, or the open round: the standings now.",
+}
+# Public reads that carry vote counts: a valid admin token sees hidden results; any other token
+# (or none) is just a public reader, never a 401.
+ADMIN_VIEW: Final = (
+    "Send an admin bearer token to see vote counts while results are hidden; without one "
+    "(or with any other token) up, down and score are null then."
+)
 IF_NONE_MATCH_PARAM: Final = {
     "name": "If-None-Match",
     "in": "header",
@@ -97,6 +127,7 @@ class Op:
     params: tuple[dict[str, Any], ...] = ()
     headers: dict[str, str] = field(default_factory=dict)
     media: str = "application/json"
+    description: str = ""
 
 
 def _vote_op(method: str, summary: str, request: type | None) -> Op:
@@ -122,7 +153,8 @@ def _stats_op(path: str) -> Op:
         Stats,
         errors=(304, 503),
         params=(IF_NONE_MATCH_PARAM,),
-        headers={"ETag": 'W/"<seq>"'},
+        headers={"ETag": 'W/"<seq>" (W/"<seq>-public" or W/"<seq>-admin" while hidden)'},
+        description=ADMIN_VIEW,
     )
 
 
@@ -135,6 +167,7 @@ OPERATIONS: Final[list[Op]] = [
         FeatureList,
         errors=(422, 503),
         params=tuple(LIST_PARAMS),
+        description=ADMIN_VIEW,
     ),
     Op(
         "post",
@@ -150,7 +183,16 @@ OPERATIONS: Final[list[Op]] = [
     ),
     _stats_op("/features/stats"),
     _stats_op("/stats"),
-    Op("get", "/features/{id}", "One feature", 200, Feature, errors=(404, 503), params=(ID_PARAM,)),
+    Op(
+        "get",
+        "/features/{id}",
+        "One feature",
+        200,
+        Feature,
+        errors=(404, 503),
+        params=(ID_PARAM,),
+        description=ADMIN_VIEW,
+    ),
     Op(
         "patch",
         "/features/{id}",
@@ -184,6 +226,59 @@ OPERATIONS: Final[list[Op]] = [
         errors=(401, 503),
     ),
     Op("post", "/auth/token", "Mint an anonymous voter token", 201, TokenOut, errors=(429, 503)),
+    Op("get", "/board", "Title, round, lock and reveal state", 200, Board, errors=(503,)),
+    Op(
+        "patch",
+        "/board",
+        "Change the title, lock or unlock voting, hide or reveal results",
+        200,
+        Board,
+        request=BoardPatch,
+        auth="admin",
+        errors=(401, 403, 503),
+    ),
+    Op(
+        "post",
+        "/board/reset",
+        "Close the round: archive its standings, clear every vote, start the next round",
+        200,
+        Board,
+        auth="admin",
+        errors=(401, 403, 503),
+    ),
+    Op("get", "/rounds", "Closed rounds, newest first", 200, RoundList, errors=(503,)),
+    Op(
+        "get",
+        "/rounds/{n}",
+        "A closed round's final standings",
+        200,
+        Standings,
+        errors=(404, 503),
+        params=(ROUND_PARAM,),
+        description=ADMIN_VIEW + " A round that closed hidden stays hidden to non-admins.",
+    ),
+    Op(
+        "get",
+        "/export.json",
+        "Download the standings now, or of a closed round",
+        200,
+        Standings,
+        errors=(404, 422, 503),
+        params=(ROUND_QUERY,),
+        headers={"Content-Disposition": 'attachment; filename="feature-votes-round-1.json"'},
+        description=ADMIN_VIEW,
+    ),
+    Op(
+        "get",
+        "/export.csv",
+        "Download the standings as CSV (header row; rank,id,title,status,up,down,score,...)",
+        200,
+        errors=(404, 422, 503),
+        params=(ROUND_QUERY,),
+        headers={"Content-Disposition": 'attachment; filename="feature-votes-round-1.csv"'},
+        media="text/csv",
+        description=ADMIN_VIEW,
+    ),
     Op(
         "get",
         "/ws",
@@ -253,6 +348,8 @@ def _operation(op: Op) -> dict[str, Any]:
                 "application/json": {"schema": {"$ref": REF.format(name=op.request.__name__)}}
             },
         }
+    if op.description:
+        out["description"] = op.description
     if op.auth is not None:
         out["security"] = [{"bearer": []}]
         if op.auth == "admin":

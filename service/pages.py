@@ -10,6 +10,8 @@ import segno
 from aiohttp import web
 
 from . import keys
+from .schemas import DEFAULT_BOARD, Board
+from .store import StoreUnavailable
 
 QR_CACHE_SIZE: Final = 32
 QR_SCALE: Final = 6
@@ -31,17 +33,29 @@ def join_url(request: web.Request) -> str:
     return configured or f"{request.scheme}://{request.host}/"
 
 
+async def current_board(request: web.Request) -> Board:
+    """The board for the first paint; the page follows it live from the first push anyway."""
+    try:
+        return await request.app[keys.STORE].board()
+    except StoreUnavailable:
+        return DEFAULT_BOARD
+
+
 @routes.get("/")
 @aiohttp_jinja2.template("index.html")
 async def dashboard(request: web.Request) -> dict[str, object]:
-    return {}
+    board = await current_board(request)
+    return {"board_title": board.title, "board_round": board.round}
 
 
 @routes.get("/present")
 @aiohttp_jinja2.template("present.html")
 async def present(request: web.Request) -> dict[str, object]:
     url = join_url(request)
+    board = await current_board(request)
     return {
+        "board_title": board.title,
+        "board_round": board.round,
         "join_url": url,
         "join_display": url.split("://", 1)[-1].rstrip("/"),
         "qr_svg": qr_svg(url),

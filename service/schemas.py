@@ -14,6 +14,8 @@ DESCRIPTION_MAX: Final = 2000
 PAGE_DEFAULT: Final = 50
 PAGE_MAX: Final = 200
 IDEMPOTENCY_KEY_MAX: Final = 255
+TOKEN_MAX: Final = 2048  # the longest bearer token accepted
+DEFAULT_BOARD_TITLE: Final = "What should we build next?"
 CURSOR_PATTERN: Final = "^[A-Za-z0-9_-]*$"  # next_cursor is unpadded base64url
 
 
@@ -31,6 +33,12 @@ CLOSED_STATUSES: Final = frozenset({Status.DONE, Status.DECLINED})
 class Sort(enum.StrEnum):
     TOP = "top"
     NEW = "new"
+    WILSON = "wilson"
+    CONTROVERSIAL = "controversial"
+
+
+# The orders that depend on vote counts: hidden from non-admins while results are hidden.
+RANKED_SORTS: Final = frozenset({Sort.TOP, Sort.WILSON, Sort.CONTROVERSIAL})
 
 
 def _check_text(value: str, field: str, low: int, high: int) -> str:
@@ -104,7 +112,23 @@ class VoteIn(msgspec.Struct, forbid_unknown_fields=True):
     value: Literal[1, -1]
 
 
+class BoardPatch(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of PATCH /board; absent fields stay as they are."""
+
+    title: Title | msgspec.UnsetType = msgspec.UNSET
+    voting_open: bool | msgspec.UnsetType = msgspec.UNSET
+    results_hidden: bool | msgspec.UnsetType = msgspec.UNSET
+
+    def __post_init__(self) -> None:
+        if isinstance(self.title, str):
+            self.title = _check_text(self.title, "title", 1, TITLE_MAX)
+
+
 # --- responses ------------------------------------------------------------------------------
+
+
+# Vote counts are null for everyone but an admin while the board's results are hidden.
+Count = Annotated[int | None, msgspec.Meta(description="null while results are hidden")]
 
 
 class Feature(msgspec.Struct, frozen=True):
@@ -113,9 +137,9 @@ class Feature(msgspec.Struct, frozen=True):
     description: str
     status: Status
     created_at: datetime
-    up: int
-    down: int
-    score: int
+    up: Count
+    down: Count
+    score: Count
 
 
 class FeatureList(msgspec.Struct, frozen=True):
@@ -126,24 +150,68 @@ class FeatureList(msgspec.Struct, frozen=True):
 class VoteOut(msgspec.Struct, frozen=True):
     feature_id: int
     value: Literal[1, 0, -1]
-    up: int
-    down: int
-    score: int
+    up: Count
+    down: Count
+    score: Count
 
 
 class MyVotes(msgspec.Struct, frozen=True):
     votes: dict[str, Literal[1, -1]]
 
 
+class Board(msgspec.Struct, frozen=True):
+    """The presenter's controls: what the board is called, its round, lock and reveal."""
+
+    title: str
+    round: int
+    voting_open: bool
+    results_hidden: bool
+
+
+DEFAULT_BOARD: Final = Board(DEFAULT_BOARD_TITLE, 1, voting_open=True, results_hidden=False)
+
+
 class Stats(msgspec.Struct, frozen=True):
     seq: int
     total_features: int
     total_votes: int
-    up: int
-    down: int
+    up: Count
+    down: Count
     voters: int
     top: list[Feature]
     generated_at: datetime
+    board: Board
+
+
+class RoundSummary(msgspec.Struct, frozen=True):
+    """A closed round: when, how many votes and voters, and whether it closed hidden."""
+
+    round: int
+    title: str
+    closed_at: datetime
+    total_votes: int
+    voters: int
+    results_hidden: bool
+
+
+class RoundList(msgspec.Struct, frozen=True):
+    items: list[RoundSummary]
+
+
+class Standings(msgspec.Struct, frozen=True):
+    """Every feature of a round in top order with its counts: GET /rounds/{n} and exports.
+
+    closed_at is null for the current round. Hidden results (the current round while
+    results_hidden, or a round that closed hidden) reach non-admins ordered by id, counts null.
+    """
+
+    round: int
+    title: str
+    closed_at: datetime | None
+    results_hidden: bool
+    total_votes: int
+    voters: int
+    standings: list[Feature]
 
 
 class TokenOut(msgspec.Struct, frozen=True):
@@ -175,11 +243,23 @@ class Problem(msgspec.Struct, frozen=True, omit_defaults=True):
 
 
 class Ping(msgspec.Struct, tag="ping", tag_field="type", forbid_unknown_fields=True):
-    """The one message a client may send."""
+    """Answered with a pong."""
+
+
+class Auth(msgspec.Struct, tag="auth", tag_field="type", forbid_unknown_fields=True):
+    """An admin token, sent after the handshake (never in the URL, where logs would keep it)."""
+
+    token: Annotated[str, msgspec.Meta(max_length=TOKEN_MAX)]
 
 
 class Pong(msgspec.Struct, tag="pong", tag_field="type", frozen=True):
     pass
+
+
+class AuthOk(msgspec.Struct, tag="auth", tag_field="type", frozen=True):
+    """The socket now gets the admin's frames (real numbers while results are hidden)."""
+
+    role: str
 
 
 class WsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):
@@ -199,7 +279,20 @@ encoder: Final = msgspec.json.Encoder()
 feature_create_decoder: Final = msgspec.json.Decoder(FeatureCreate)
 feature_patch_decoder: Final = msgspec.json.Decoder(FeaturePatch)
 vote_decoder: Final = msgspec.json.Decoder(VoteIn)
-client_message_decoder: Final = msgspec.json.Decoder(Ping)
+board_patch_decoder: Final = msgspec.json.Decoder(BoardPatch)
+client_message_decoder: Final = msgspec.json.Decoder(Ping | Auth)
 
-RESPONSE_TYPES: Final = (Feature, FeatureList, VoteOut, MyVotes, Stats, TokenOut, Health, Problem)
-REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn)
+RESPONSE_TYPES: Final = (
+    Feature,
+    FeatureList,
+    VoteOut,
+    MyVotes,
+    Stats,
+    TokenOut,
+    Health,
+    Problem,
+    Board,
+    RoundList,
+    Standings,
+)
+REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn, BoardPatch)

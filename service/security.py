@@ -22,7 +22,9 @@ CORS_ALLOW_METHODS: Final = "GET, POST, PUT, PATCH, DELETE"
 CORS_ALLOW_HEADERS: Final = (
     "Authorization, Content-Type, Idempotency-Key, If-None-Match, X-Request-ID"
 )
-CORS_EXPOSE_HEADERS: Final = "ETag, Location, Retry-After, X-Request-ID, Idempotent-Replayed"
+CORS_EXPOSE_HEADERS: Final = (
+    "ETag, Location, Retry-After, X-Request-ID, Idempotent-Replayed, Content-Disposition"
+)
 CORS_MAX_AGE: Final = "600"
 
 

@@ -1,4 +1,5 @@
-"""GET /ws: check Origin, upgrade, hand the socket to the broadcaster, answer pings."""
+"""GET /ws: check Origin, upgrade, hand the socket to the broadcaster, answer pings and
+an admin's {"type": "auth"} message (which switches the socket to the admin's frames)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import keys
 from .api import client_of
+from .auth import Role, TokenInvalid
+from .broadcaster import Broadcaster, Client
 from .errors import ApiError
-from .schemas import Pong, WsError, client_message_decoder, encoder
+from .schemas import Auth, Pong, WsError, client_message_decoder, encoder
 from .store import StoreUnavailable
 
 PONG: Final = encoder.encode(Pong())
@@ -31,13 +34,30 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     return urlsplit(origin).netloc == request.host.lower()
 
 
-def reply_to(data: str) -> bytes:
-    """The answer to one client text message."""
+def reply_to(data: str) -> bytes | Auth:
+    """The answer to one client text message, or the Auth message to act on."""
     try:
-        client_message_decoder.decode(data)
+        message = client_message_decoder.decode(data)
     except msgspec.DecodeError as exc:
         return encoder.encode(WsError(detail=f"unsupported message: {exc}"))
-    return PONG
+    return message if isinstance(message, Auth) else PONG
+
+
+async def authenticate(
+    request: web.Request, broadcaster: Broadcaster, client: Client, auth: Auth
+) -> bytes | None:
+    """An admin token turns the socket into an admin one (the broadcaster acks); else an error."""
+    try:
+        claims = request.app[keys.TOKENS].verify(auth.token)
+    except TokenInvalid as exc:
+        return encoder.encode(WsError(detail=f"auth: {exc}"))
+    if claims.role is not Role.ADMIN:
+        return encoder.encode(WsError(detail="auth: only an admin token changes what is pushed"))
+    try:
+        await broadcaster.promote(client)
+    except StoreUnavailable:
+        return encoder.encode(WsError(detail="auth: the store is unavailable; try again"))
+    return None
 
 
 @routes.get("/ws")
@@ -67,7 +87,14 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     try:
         async for msg in ws:  # only this task reads the socket
             if msg.type is WSMsgType.TEXT:
-                await ws.send_frame(reply_to(msg.data), WSMsgType.TEXT)
+                answer = reply_to(msg.data)
+                reply = (
+                    await authenticate(request, broadcaster, client, answer)
+                    if isinstance(answer, Auth)
+                    else answer
+                )
+                if reply is not None:
+                    await ws.send_frame(reply, WSMsgType.TEXT)
             elif msg.type is WSMsgType.BINARY:
                 await ws.send_frame(BINARY_REFUSED, WSMsgType.TEXT)
     finally:

@@ -37,6 +37,14 @@ EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("get", "/openapi.json"): set(),
     ("get", "/docs"): set(),
     ("get", "/ws"): {403, 426},  # Origin not allowed; a plain GET that does not upgrade
+    # "Board: rounds and presenter controls"
+    ("get", "/board"): set(),
+    ("patch", "/board"): {401, 403} | BODY,
+    ("post", "/board/reset"): {401, 403},
+    ("get", "/rounds"): set(),
+    ("get", "/rounds/{n}"): {404},
+    ("get", "/export.json"): {404, 422},
+    ("get", "/export.csv"): {404, 422},
 }
 
 
@@ -238,6 +246,28 @@ PROBES = [
     Probe("get", "/features/stats", 304, auth="etag"),
     Probe("get", "/stats", 304, auth="etag"),
     Probe("get", "/ws", 426),
+    Probe("patch", "/board", 401, json={"voting_open": False}),
+    Probe("patch", "/board", 403, auth="voter", json={"voting_open": False}),
+    Probe("patch", "/board", 400, auth="admin", data=b"{", content_type=JSON),
+    Probe("patch", "/board", 415, auth="admin", data=b"x", content_type="text/plain"),
+    Probe("patch", "/board", 422, auth="admin", json={"voting_open": "no"}),
+    Probe("patch", "/board", 413, auth="admin", data=HUGE, content_type=JSON),
+    Probe("post", "/board/reset", 401),
+    Probe("post", "/board/reset", 403, auth="voter"),
+    Probe("get", "/rounds/{missing}", 404),
+    Probe("get", "/rounds/1", 404),
+    Probe("get", "/export.json?round={missing}", 404),
+    Probe("get", "/export.json?round=zero", 422),
+    Probe("get", "/export.csv?round={missing}", 404),
+    Probe("get", "/export.csv?round=0", 422),
+    *(
+        p
+        for method in ("put", "post", "delete")
+        for p in (
+            Probe(method, "/features/{open}/vote", 409, auth="voter", json={"value": 1},
+                  headers={"X-Lock-Board": "1"}),
+        )
+    ),
     Probe(
         "get",
         "/ws",
@@ -255,6 +285,7 @@ PROBES = [
 
 def route_template(path: str) -> str:
     bare = path.split("?")[0]
+    bare = re.sub(r"^/rounds/(1|{missing})$", "/rounds/{n}", bare)
     bare = re.sub(r"{(open|done|missing)}", "{id}", bare)
     return re.sub(r"^/features/abc$", "/features/{id}", bare)
 
@@ -269,6 +300,9 @@ async def test_real_answers_are_documented(
     assert resp.status == 200
     path = probe.path.format(open=open_["id"], done=done["id"], missing=999_999)
     headers: dict[str, str] = dict(probe.headers)
+    if headers.pop("X-Lock-Board", None):  # the probe needs a locked board: votes are 409
+        resp = await client.patch("/board", json={"voting_open": False}, headers=admin)
+        assert resp.status == 200
     if probe.auth == "voter":
         headers.update(voter)
     elif probe.auth == "admin":

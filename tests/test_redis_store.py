@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import random
 import re
 from pathlib import Path
 
@@ -10,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from service.config import ConfigError
-from service.schemas import Sort
+from service.schemas import Sort, Status
 from service.store import MemoryStore, sort_key
 from service.store.factory import store_from_settings
 from service.store.redis import RedisStore, encode_key
@@ -104,3 +106,108 @@ def test_two_cli_instances_share_one_redis(tmp_path: Path) -> None:
             assert on_b.json()["top"][0]["up"] == 1
     finally:
         delete_namespace(REDIS_URL, prefix)
+
+
+# --- cancellation ---------------------------------------------------------------------------------
+
+CANCEL_ROUNDS = 150
+
+
+async def test_a_cancelled_store_call_is_never_swallowed() -> None:
+    """redis-py may finish a command whose task was cancelled and return normally; the store
+    raises the CancelledError again, so e.g. the broadcaster's stop() cannot hang at shutdown."""
+    require_redis()
+    from .redis_support import TestRedisStore
+
+    store = TestRedisStore()
+    rng = random.Random(8)
+
+    async def forever() -> None:
+        while True:
+            await store.board()
+
+    try:
+        for _ in range(CANCEL_ROUNDS):
+            task = asyncio.create_task(forever())
+            await asyncio.sleep(rng.random() * 0.002)
+            task.cancel()
+            done, _ = await asyncio.wait([task], timeout=2)
+            assert done, "a cancellation was swallowed: the task kept running"
+            assert task.cancelled()
+    finally:
+        await store.close()
+
+
+# --- the wilson and controversial rankings ----------------------------------------------------
+
+COUNTS = [(0, 0), (1, 0), (0, 1), (1, 1), (2, 3), (3, 2), (10, 1), (1, 10), (5, 5), (50, 49),
+          (999, 1), (1234, 987), (100_000, 99_999), (7, 0), (0, 7)]
+
+
+@pytest.mark.parametrize("sort", [Sort.TOP, Sort.WILSON, Sort.CONTROVERSIAL])
+def test_lua_and_python_compute_the_same_keys(sort: Sort) -> None:
+    """The Redis rankings (keys made in Lua) and the memory store's (Python) agree exactly."""
+    require_redis()
+    import redis
+
+    from service.store import redis_scripts as lua
+    from service.store.redis import decode_key
+
+    client = redis.Redis.from_url(REDIS_URL, decode_responses=True)
+    script = client.register_script(
+        lua._PRELUDE + "return member(ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), "
+        "tonumber(ARGV[5]))"
+    )
+    try:
+        for feature_id, (up, down) in enumerate(COUNTS, start=1):
+            member = script(args=["unused:", sort.value, feature_id, up, down])
+            assert decode_key(member) == sort_key(sort, feature_id, up, down), (up, down)
+            assert member == encode_key(sort_key(sort, feature_id, up, down))
+    finally:
+        client.close()
+
+
+async def test_a_board_stored_before_the_new_rankings_gets_them_at_start() -> None:
+    """MIGRATE: a board whose Redis keys predate sort=wilson|controversial is indexed once."""
+    require_redis()
+    import redis
+
+    from service.schemas import FeatureCreate
+    from service.store import Audience
+
+    from .redis_support import TestRedisStore
+
+    store = TestRedisStore()
+    await store.start()
+    try:
+        ids = [(await store.create_feature(FeatureCreate(f"F{n}", ""), owner="o")).feature.id
+               for n in range(4)]
+        for n, fid in enumerate(ids):
+            for v in range(n + 1):
+                await store.set_vote(f"v{v}", fid, 1 if v % 2 else -1)
+        expected = {
+            sort: [f.id for f in (await store.list_features(
+                sort=sort, status=None, limit=50, after=None, audience=Audience.ADMIN)).items]
+            for sort in (Sort.WILSON, Sort.CONTROVERSIAL)
+        }
+        client = redis.Redis.from_url(store.url)
+        old = [k for k in client.scan_iter(match=store.prefix + "*")
+               if k.decode().removeprefix(store.prefix).split(":")[0]
+               in ("wilson", "controversial", "layout")]
+        assert old
+        client.delete(*old)  # as the keys were before this version
+        client.close()
+
+        upgraded = TestRedisStore(prefix=store.prefix)  # an instance of this version starts
+        await upgraded.start()
+        try:
+            for sort, order in expected.items():
+                for status in (None, Status.OPEN):
+                    page = await upgraded.list_features(
+                        sort=sort, status=status, limit=50, after=None, audience=Audience.ADMIN
+                    )
+                    assert [f.id for f in page.items] == order
+        finally:
+            await super(TestRedisStore, upgraded).close()  # the namespace goes with `store`
+    finally:
+        await store.close()

@@ -1,10 +1,18 @@
 """Stores: the interface, the in-memory backend and the domain errors."""
 
-from .base import Created, CursorKey, Page, StatsView, Store, etag_for, sort_key
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, StoreError, StoreUnavailable
+from .base import Audience, Created, CursorKey, Page, StatsView, Store, etag_for, sort_key
+from .errors import (
+    FeatureClosed,
+    IdempotencyConflict,
+    NotFound,
+    StoreError,
+    StoreUnavailable,
+    VotingClosed,
+)
 from .memory import MemoryStore
 
 __all__ = [
+    "Audience",
     "Created",
     "CursorKey",
     "FeatureClosed",
@@ -16,6 +24,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "VotingClosed",
     "etag_for",
     "sort_key",
 ]

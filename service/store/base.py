@@ -3,22 +3,112 @@
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import enum
+import math
+from collections.abc import Callable, Iterable
 from typing import Final, NamedTuple
 
-from ..schemas import Feature, FeatureCreate, FeaturePatch, Sort, Status, VoteOut
+import msgspec
+
+from ..schemas import (
+    RANKED_SORTS,
+    Board,
+    BoardPatch,
+    Feature,
+    FeatureCreate,
+    FeaturePatch,
+    RoundSummary,
+    Sort,
+    Standings,
+    Status,
+    VoteOut,
+)
 
 # A position in a listing: the sort key of the last item returned.
 CursorKey = tuple[int, ...]
 ChangeListener = Callable[[int], None]
-KEY_LENGTH: Final = {Sort.TOP: 3, Sort.NEW: 1}
+KEY_LENGTH: Final = {Sort.TOP: 3, Sort.NEW: 1, Sort.WILSON: 3, Sort.CONTROVERSIAL: 3}
+# A ranked listing shown to a non-admin while results are hidden runs by id ascending (the rank
+# would reveal the counts); its cursor key is then just (id,).
+HIDDEN_KEY_LENGTH: Final = 1
+# z for a two-sided 95 % interval: the Wilson lower bound of sort=wilson.
+WILSON_Z: Final = 1.959963984540054
+# Rank scores are floats; sort keys are integers: floor(score x scale + 0.5). A wilson bound is
+# in [0, 1], so 10^15 keeps all but the last bits of a double; a controversy score is at most the
+# number of votes on one feature, so 10^9 keeps it below the key range (+-10^15) up to a million
+# votes on one feature. The Redis store computes the same keys in Lua (redis_scripts.py).
+WILSON_SCALE: Final = 10**15
+CONTROVERSY_SCALE: Final = 10**9
+
+
+class Audience(enum.StrEnum):
+    """Who reads: while results are hidden, only an admin sees vote counts and ranks."""
+
+    PUBLIC = "public"
+    ADMIN = "admin"
+
+
+def scaled(score: float, scale: int) -> int:
+    """A rank score as an integer key part (half up, as the Lua twin does)."""
+    return math.floor(score * scale + 0.5)
+
+
+def wilson_lower_bound(up: int, down: int) -> float:
+    """Lower bound of the 95 % Wilson score interval of up / (up + down); 0 without votes."""
+    n = up + down
+    if n <= 0:
+        return 0.0
+    z2 = WILSON_Z * WILSON_Z
+    p = up / n
+    spread = WILSON_Z * math.sqrt((p * (1 - p) + z2 / (4 * n)) / n)
+    return max(0.0, (p + z2 / (2 * n) - spread) / (1 + z2 / n))
+
+
+def controversy(up: int, down: int) -> float:
+    """(up + down) ** (min / max): many votes, evenly split; 0 unless both sides have votes."""
+    if up <= 0 or down <= 0:
+        return 0.0
+    return float((up + down) ** (min(up, down) / max(up, down)))
 
 
 def sort_key(sort: Sort, feature_id: int, up: int, down: int) -> CursorKey:
-    """Ascending key of the contract's orders: top = score desc, up desc, id asc; new = id desc."""
+    """Ascending key of each order (ADR-007); the feature id is the last part of a ranked key.
+
+    top = score desc, up desc, id asc; new = id desc; wilson = features with votes first, then
+    Wilson lower bound desc, id asc; controversial = controversy desc, votes desc, id asc.
+    """
     if sort is Sort.TOP:
         return (down - up, -up, feature_id)
-    return (-feature_id,)
+    if sort is Sort.NEW:
+        return (-feature_id,)
+    if sort is Sort.WILSON:
+        unvoted = 0 if up + down else 1
+        return (unvoted, -scaled(wilson_lower_bound(up, down), WILSON_SCALE), feature_id)
+    return (-scaled(controversy(up, down), CONTROVERSY_SCALE), -(up + down), feature_id)
+
+
+def hides(results_hidden: bool, audience: Audience) -> bool:
+    """Whether this audience must not see counts (and count-based orders) now."""
+    return results_hidden and audience is Audience.PUBLIC
+
+
+def hides_order(sort: Sort, results_hidden: bool, audience: Audience) -> bool:
+    """Whether a listing in `sort` runs by id ascending instead, so its order reveals nothing."""
+    return sort in RANKED_SORTS and hides(results_hidden, audience)
+
+
+def masked(feature: Feature) -> Feature:
+    """The feature as a non-admin sees it while results are hidden."""
+    return msgspec.structs.replace(feature, up=None, down=None, score=None)
+
+
+def masked_vote(vote: VoteOut) -> VoteOut:
+    return msgspec.structs.replace(vote, up=None, down=None, score=None)
+
+
+def public_standings(features: Iterable[Feature]) -> list[Feature]:
+    """Hidden standings: by id, counts null."""
+    return sorted((masked(f) for f in features), key=lambda f: f.id)
 
 
 class Page(NamedTuple):
@@ -39,25 +129,47 @@ class StatsView(NamedTuple):
     etag: str
 
 
-def etag_for(seq: int) -> str:
-    # Weak: instances sharing a store agree on seq but not on generated_at.
-    return f'W/"{seq}"'
+def etag_for(seq: int, audience: Audience | None = None) -> str:
+    """W/"<seq>"; while results are hidden each audience has its own: W/"<seq>-public" etc.
+
+    Weak: instances sharing a store agree on seq but not on generated_at. Two audiences never
+    share a tag for different bodies, so a 304 cannot confirm a body its reader may not see.
+    """
+    return f'W/"{seq}"' if audience is None else f'W/"{seq}-{audience.value}"'
 
 
 class Store(abc.ABC):
-    """Features, one vote per (voter, feature), and cached stats; every mutation atomic."""
+    """Features, one vote per (voter, feature), the board, and cached stats; mutations atomic.
+
+    Reads that carry vote counts take the reader's audience: while the board's results are
+    hidden, a PUBLIC reader gets counts as null and ranked orders by id, decided from the same
+    consistent read as the data itself (never from a separate look at the board).
+    """
 
     @abc.abstractmethod
     async def create_feature(
-        self, new: FeatureCreate, *, owner: str, idempotency_key: str | None = None
+        self,
+        new: FeatureCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Created: ...
 
     @abc.abstractmethod
-    async def get_feature(self, feature_id: int) -> Feature: ...
+    async def get_feature(
+        self, feature_id: int, *, audience: Audience = Audience.PUBLIC
+    ) -> Feature: ...
 
     @abc.abstractmethod
     async def list_features(
-        self, *, sort: Sort, status: Status | None, limit: int, after: CursorKey | None
+        self,
+        *,
+        sort: Sort,
+        status: Status | None,
+        limit: int,
+        after: CursorKey | None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Page: ...
 
     @abc.abstractmethod
@@ -67,14 +179,48 @@ class Store(abc.ABC):
     async def delete_feature(self, feature_id: int) -> None: ...
 
     @abc.abstractmethod
-    async def set_vote(self, voter: str, feature_id: int, value: int) -> VoteOut:
-        """Set the voter's vote to +1/-1, or retract it with 0; repeating is a no-op."""
+    async def set_vote(
+        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+    ) -> VoteOut:
+        """Set the voter's vote to +1/-1, or retract it with 0; repeating is a no-op.
+
+        VotingClosed while the board is locked, checked in the same atomic step as the vote.
+        """
 
     @abc.abstractmethod
     async def votes_of(self, voter: str) -> dict[int, int]: ...
 
     @abc.abstractmethod
-    async def stats(self) -> StatsView: ...
+    async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
+        """This audience's stats of the current seq, encoded once per audience per seq."""
+
+    async def stats_by_audience(self) -> dict[Audience, StatsView]:
+        """Every audience's stats (the broadcaster pushes them together); a backend that can
+        read them in one step overrides this. Audiences that see the same body share one view."""
+        return {audience: await self.stats(audience) for audience in Audience}
+
+    # --- the board: rounds and presenter controls (ADR-007) ---------------------------------------
+
+    @abc.abstractmethod
+    async def board(self) -> Board: ...
+
+    @abc.abstractmethod
+    async def update_board(self, patch: BoardPatch) -> Board:
+        """Apply the given fields; a change bumps seq, an empty or same-value patch does not."""
+
+    @abc.abstractmethod
+    async def reset_board(self) -> Board:
+        """Archive the round's standings, clear every vote, start the next round: one step."""
+
+    @abc.abstractmethod
+    async def rounds(self) -> list[RoundSummary]:
+        """The closed rounds, newest first."""
+
+    @abc.abstractmethod
+    async def standings(
+        self, round_no: int | None = None, *, audience: Audience = Audience.PUBLIC
+    ) -> Standings:
+        """A closed round's archived standings, or the current round's (None or its number)."""
 
     @abc.abstractmethod
     async def ping(self) -> None:

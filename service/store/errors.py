@@ -21,3 +21,7 @@ class IdempotencyConflict(StoreError):
 
 class StoreUnavailable(StoreError):
     """The backing store cannot be reached; the caller may retry later."""
+
+
+class VotingClosed(StoreError):
+    """The presenter has locked the board: no vote may be set, moved or retracted."""

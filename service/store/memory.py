@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from itertools import islice
@@ -16,17 +17,38 @@ from sortedcontainers import SortedList
 
 from ..schemas import (
     CLOSED_STATUSES,
+    DEFAULT_BOARD,
+    Board,
+    BoardPatch,
     Feature,
     FeatureCreate,
     FeaturePatch,
+    RoundSummary,
     Sort,
+    Standings,
     Stats,
     Status,
     VoteOut,
     encoder,
 )
-from .base import ChangeListener, Created, CursorKey, Page, StatsView, Store, etag_for, sort_key
-from .errors import FeatureClosed, IdempotencyConflict, NotFound
+from .base import (
+    KEY_LENGTH,
+    Audience,
+    ChangeListener,
+    Created,
+    CursorKey,
+    Page,
+    StatsView,
+    Store,
+    etag_for,
+    hides,
+    hides_order,
+    masked,
+    masked_vote,
+    public_standings,
+    sort_key,
+)
+from .errors import FeatureClosed, IdempotencyConflict, NotFound, VotingClosed
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
 
@@ -100,7 +122,11 @@ class MemoryStore(Store):
         self._seq = 0
         self._up = 0
         self._down = 0
-        self._stats: StatsView | None = None
+        self._stats: tuple[StatsView, StatsView] | None = None  # (public, admin) of this seq
+        # sort=wilson|controversial: sorted keys per (sort, status), computed once per seq.
+        self._orders: dict[tuple[Sort, Status | None], list[CursorKey]] = {}
+        self._board = DEFAULT_BOARD
+        self._rounds: dict[int, tuple[RoundSummary, list[Feature]]] = {}
         self._listeners: list[ChangeListener] = []
 
     # --- helpers; all synchronous so a change is applied with no await in between ------------
@@ -122,6 +148,7 @@ class MemoryStore(Store):
     def _changed(self) -> None:
         self._seq += 1
         self._stats = None
+        self._orders.clear()
         for listener in tuple(self._listeners):  # a listener may unsubscribe itself
             listener(self._seq)
 
@@ -135,8 +162,16 @@ class MemoryStore(Store):
 
     # --- features ---------------------------------------------------------------------------
 
+    def _shown(self, feature: Feature, audience: Audience) -> Feature:
+        return masked(feature) if hides(self._board.results_hidden, audience) else feature
+
     async def create_feature(
-        self, new: FeatureCreate, *, owner: str, idempotency_key: str | None = None
+        self,
+        new: FeatureCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Created:
         async with self._lock:
             fingerprint = (new.title, new.description)
@@ -146,7 +181,7 @@ class MemoryStore(Store):
                 if seen is not None:
                     if seen[0] != fingerprint:
                         raise IdempotencyConflict("Idempotency-Key was used with another body")
-                    return Created(seen[1], replayed=True)
+                    return Created(self._shown(seen[1], audience), replayed=True)
             rec = _Record(self._next_id, new.title, new.description, Status.OPEN, datetime.now(UTC))
             self._next_id += 1
             self._features[rec.id] = rec
@@ -157,20 +192,60 @@ class MemoryStore(Store):
                 expires = self._clock() + self._idempotency_ttl
                 self._idempotency[(owner, idempotency_key)] = (fingerprint, feature, expires)
             self._changed()
-            return Created(feature, replayed=False)
+            return Created(self._shown(feature, audience), replayed=False)
 
-    async def get_feature(self, feature_id: int) -> Feature:
-        return self._record(feature_id).view()
+    async def get_feature(
+        self, feature_id: int, *, audience: Audience = Audience.PUBLIC
+    ) -> Feature:
+        return self._shown(self._record(feature_id).view(), audience)
 
     async def list_features(
-        self, *, sort: Sort, status: Status | None, limit: int, after: CursorKey | None
+        self,
+        *,
+        sort: Sort,
+        status: Status | None,
+        limit: int,
+        after: CursorKey | None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Page:
-        keys = (self._all if status is None else self._by_status[status]).get(sort)
-        start = 0 if after is None else keys.bisect_right(after)
-        page = list(islice(keys.islice(start), limit))
-        items = [self._features[key[-1] if sort is Sort.TOP else -key[0]].view() for key in page]
+        index = self._all if status is None else self._by_status[status]
+        if hides_order(sort, self._board.results_hidden, audience):
+            return self._page_by_id(index, limit, after)
+        keys: Sequence[CursorKey]
+        keys = index.get(sort) if sort in (Sort.TOP, Sort.NEW) else self._ranked(sort, status)
+        if after is not None and len(after) != KEY_LENGTH[sort]:
+            # A cursor made while results were hidden, i.e. (id,): go on after that feature's
+            # place now, or from the start if it is gone (a live ranking moves anyway).
+            rec = self._features.get(after[-1])
+            after = None if rec is None else sort_key(sort, rec.id, rec.up, rec.down)
+        start = 0 if after is None else bisect.bisect_right(keys, after)
+        page = list(islice(keys, start, start + limit))
+        items = [self._features[-key[0] if sort is Sort.NEW else key[-1]].view() for key in page]
+        items = [self._shown(f, audience) for f in items]  # sort=new is not hidden, its counts are
         more = start + len(page) < len(keys)
         return Page(items, page[-1] if more and page else None)
+
+    def _ranked(self, sort: Sort, status: Status | None) -> list[CursorKey]:
+        """wilson/controversial keys of one scope, sorted once per seq (O(n log n))."""
+        keys = self._orders.get((sort, status))
+        if keys is None:
+            recs = self._features.values()
+            keys = sorted(
+                sort_key(sort, r.id, r.up, r.down)
+                for r in recs
+                if status is None or r.status is status
+            )
+            self._orders[(sort, status)] = keys
+        return keys
+
+    def _page_by_id(self, index: _Index, limit: int, after: CursorKey | None) -> Page:
+        """Id ascending with counts null: a ranked listing as a non-admin sees it while hidden."""
+        keys = index.new  # (-id,) ascending: id descending, read backwards here
+        stop = len(keys) if after is None else keys.bisect_left((-after[-1],))
+        start = max(0, stop - limit)
+        page = list(keys.islice(start, stop, reverse=True))
+        items = [masked(self._features[-key[0]].view()) for key in page]
+        return Page(items, (-page[-1][0],) if start > 0 and page else None)
 
     async def update_feature(self, feature_id: int, patch: FeaturePatch) -> Feature:
         async with self._lock:
@@ -210,9 +285,13 @@ class MemoryStore(Store):
         if not mine:
             del self._by_voter[voter]
 
-    async def set_vote(self, voter: str, feature_id: int, value: int) -> VoteOut:
+    async def set_vote(
+        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+    ) -> VoteOut:
         async with self._lock:
             rec = self._record(feature_id)
+            if not self._board.voting_open:
+                raise VotingClosed("voting is closed; the presenter has locked the board")
             if rec.status in CLOSED_STATUSES:
                 raise FeatureClosed(f"feature {feature_id} is {rec.status}; voting is closed")
             votes = self._by_feature[feature_id]
@@ -237,28 +316,130 @@ class MemoryStore(Store):
                     del votes[voter]
                     self._forget_voter_vote(voter, feature_id)
                 self._changed()
-            return VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)  # type: ignore[arg-type]
+            out = VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)  # type: ignore[arg-type]
+            return masked_vote(out) if hides(self._board.results_hidden, audience) else out
 
     async def votes_of(self, voter: str) -> dict[int, int]:
         return dict(self._by_voter.get(voter, {}))
 
     # --- stats ------------------------------------------------------------------------------
 
-    async def stats(self) -> StatsView:
+    async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         if self._stats is None:
-            top = [self._features[key[-1]].view() for key in self._all.top.islice(0, self._top_n)]
-            stats = Stats(
-                seq=self._seq,
-                total_features=len(self._features),
+            self._stats = self._build_stats()
+        return self._stats[audience is Audience.ADMIN]
+
+    async def stats_by_audience(self) -> dict[Audience, StatsView]:
+        if self._stats is None:
+            self._stats = self._build_stats()
+        return {Audience.PUBLIC: self._stats[0], Audience.ADMIN: self._stats[1]}
+
+    def _build_stats(self) -> tuple[StatsView, StatsView]:
+        """Both audiences' views of this seq; one shared view unless results are hidden."""
+        seq, board = self._seq, self._board
+        top = [self._features[key[-1]].view() for key in self._all.top.islice(0, self._top_n)]
+        stats = Stats(
+            seq=seq,
+            total_features=len(self._features),
+            total_votes=self._up + self._down,
+            up=self._up,
+            down=self._down,
+            voters=len(self._by_voter),
+            top=top,
+            generated_at=datetime.now(UTC),
+            board=board,
+        )
+        if not board.results_hidden:
+            view = StatsView(seq, encoder.encode(stats), etag_for(seq))
+            return view, view
+        new = self._all.new  # the first top_n by id ascending: the end of the id-desc order
+        first = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
+        hidden = msgspec.structs.replace(
+            stats, up=None, down=None, top=[masked(self._features[-k[0]].view()) for k in first]
+        )
+        return (
+            StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
+            StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN)),
+        )
+
+    # --- the board ----------------------------------------------------------------------------
+
+    async def board(self) -> Board:
+        return self._board
+
+    async def update_board(self, patch: BoardPatch) -> Board:
+        async with self._lock:
+            changes = {
+                name: getattr(patch, name)
+                for name in patch.__struct_fields__
+                if getattr(patch, name) is not msgspec.UNSET
+            }
+            board = msgspec.structs.replace(self._board, **changes)
+            if board != self._board:
+                self._board = board
+                self._changed()
+            return self._board
+
+    async def reset_board(self) -> Board:
+        async with self._lock:
+            board = self._board
+            standings = [self._features[key[-1]].view() for key in self._all.top]
+            summary = RoundSummary(
+                round=board.round,
+                title=board.title,
+                closed_at=datetime.now(UTC),
                 total_votes=self._up + self._down,
-                up=self._up,
-                down=self._down,
                 voters=len(self._by_voter),
-                top=top,
-                generated_at=datetime.now(UTC),
+                results_hidden=board.results_hidden,
             )
-            self._stats = StatsView(self._seq, encoder.encode(stats), etag_for(self._seq))
-        return self._stats
+            self._rounds[board.round] = (summary, standings)
+            for rec in self._features.values():
+                if rec.up or rec.down:
+                    self._unindex(rec)
+                    rec.up = rec.down = 0
+                    self._index(rec)
+            self._by_feature = {feature_id: {} for feature_id in self._features}
+            self._by_voter = {}
+            self._up = self._down = 0
+            self._board = msgspec.structs.replace(board, round=board.round + 1)
+            self._changed()
+            return self._board
+
+    async def rounds(self) -> list[RoundSummary]:
+        return [self._rounds[n][0] for n in sorted(self._rounds, reverse=True)]
+
+    async def standings(
+        self, round_no: int | None = None, *, audience: Audience = Audience.PUBLIC
+    ) -> Standings:
+        board = self._board
+        if round_no is None or round_no == board.round:
+            features = [self._features[key[-1]].view() for key in self._all.top]
+            if hides(board.results_hidden, audience):
+                features = public_standings(features)
+            return Standings(
+                round=board.round,
+                title=board.title,
+                closed_at=None,
+                results_hidden=board.results_hidden,
+                total_votes=self._up + self._down,
+                voters=len(self._by_voter),
+                standings=features,
+            )
+        archived = self._rounds.get(round_no)
+        if archived is None:
+            raise NotFound(f"round {round_no} does not exist")
+        summary, features = archived
+        if hides(summary.results_hidden, audience):
+            features = public_standings(features)
+        return Standings(
+            round=summary.round,
+            title=summary.title,
+            closed_at=summary.closed_at,
+            results_hidden=summary.results_hidden,
+            total_votes=summary.total_votes,
+            voters=summary.voters,
+            standings=list(features),
+        )
 
     async def ping(self) -> None:
         return None

@@ -23,10 +23,39 @@ from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from ..schemas import Feature, FeatureCreate, FeaturePatch, Sort, Stats, Status, VoteOut, encoder
+from ..schemas import (
+    DEFAULT_BOARD,
+    Board,
+    BoardPatch,
+    Feature,
+    FeatureCreate,
+    FeaturePatch,
+    RoundSummary,
+    Sort,
+    Standings,
+    Stats,
+    Status,
+    VoteOut,
+    encoder,
+)
 from . import redis_scripts as lua
-from .base import ChangeListener, Created, CursorKey, Page, StatsView, Store, etag_for, sort_key
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, StoreUnavailable
+from .base import (
+    KEY_LENGTH,
+    Audience,
+    ChangeListener,
+    Created,
+    CursorKey,
+    Page,
+    StatsView,
+    Store,
+    etag_for,
+    hides,
+    masked,
+    masked_vote,
+    public_standings,
+    sort_key,
+)
+from .errors import FeatureClosed, IdempotencyConflict, NotFound, StoreUnavailable, VotingClosed
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
 # The change subscription: ping after this many quiet seconds; no answer for 3x: reconnect.
@@ -76,6 +105,39 @@ def _features(flat: Sequence[Any]) -> list[Feature]:
     return [_feature(flat[i : i + _FIELD_COUNT]) for i in range(0, len(flat), _FIELD_COUNT)]
 
 
+def decode_key(member: str) -> CursorKey:
+    """A ranking member back to its sort key: the cursor is exactly what Redis ordered by."""
+    width = lua.KEY_WIDTH
+    return tuple(int(member[i : i + width]) - lua.KEY_OFFSET for i in range(0, len(member), width))
+
+
+def _board(title: Any, round_no: Any, voting_open: Any, results_hidden: Any) -> Board:
+    """The board from its hash fields (str, or None when unset: the default)."""
+    return Board(
+        title or DEFAULT_BOARD.title,
+        int(round_no or DEFAULT_BOARD.round),
+        voting_open != "0",
+        results_hidden == "1",
+    )
+
+
+_summary_decoder: Final = msgspec.json.Decoder(tuple[str, str, str, str, str, bool])
+_rows_decoder: Final = msgspec.json.Decoder(list[list[str]] | dict[str, str])
+
+
+def _summary(raw: str) -> RoundSummary:
+    round_no, title, closed_at, total_votes, voters, hidden = _summary_decoder.decode(raw)
+    return RoundSummary(
+        int(round_no), title, datetime.fromisoformat(closed_at), int(total_votes), int(voters),
+        hidden,
+    )
+
+
+def _archived_rows(raw: str) -> list[Feature]:
+    rows = _rows_decoder.decode(raw)
+    return [_feature(row) for row in rows] if isinstance(rows, list) else []
+
+
 class RedisStore(Store):
     """Shared truth for any number of instances; see ADR-005."""
 
@@ -118,14 +180,19 @@ class RedisStore(Store):
                 ("delete", lua.DELETE),
                 ("vote", lua.VOTE),
                 ("list", lua.LIST),
+                ("get", lua.GET),
+                ("migrate", lua.MIGRATE),
                 ("stats", lua.STATS),
+                ("update_board", lua.UPDATE_BOARD),
+                ("reset", lua.RESET),
+                ("standings", lua.STANDINGS),
                 ("raise_seq", lua.RAISE_SEQ),
             )
         }
         self._channel = prefix + "changes"
         self._listeners: list[ChangeListener] = []
         self._notified = 0  # the highest seq given to listeners
-        self._stats: StatsView | None = None
+        self._stats: tuple[StatsView, StatsView] | None = None  # (public, admin) of one seq
         self._stats_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
@@ -134,11 +201,19 @@ class RedisStore(Store):
 
     async def _call(self, awaitable: Awaitable[T], deadline: float | None = None) -> T:
         """Await one Redis operation within the deadline; failures become StoreUnavailable."""
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             async with asyncio.timeout(deadline or self._deadline):
-                return await awaitable
+                result = await awaitable
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}: {exc})") from exc
+        if task is not None and task.cancelling() > cancelling:
+            # redis-py 8.1 may finish a command whose task was cancelled meanwhile and return
+            # normally, dropping the CancelledError; the canceller (e.g. the broadcaster's
+            # stop() at shutdown) would then wait forever. Cancellation wins.
+            raise asyncio.CancelledError
+        return result
 
     async def _script(self, name: str, *args: str | int | float) -> Any:
         return await self._call(self._scripts[name](args=(self._prefix, *args)))
@@ -161,7 +236,12 @@ class RedisStore(Store):
         return f"{self._prefix}idem:{len(owner)}:{owner}:{key}"
 
     async def create_feature(
-        self, new: FeatureCreate, *, owner: str, idempotency_key: str | None = None
+        self,
+        new: FeatureCreate,
+        *,
+        owner: str,
+        idempotency_key: str | None = None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Created:
         created_at = datetime.now(UTC)
         now = self._clock()
@@ -182,31 +262,64 @@ class RedisStore(Store):
         feature = Feature(
             int(reply[1]), new.title, new.description, Status.OPEN, created_at, 0, 0, 0
         )
+        if hides(reply[3] == 1, audience):
+            feature = masked(feature)
         if reply[0] == "replay":
             return Created(feature, replayed=True)
         self._notify(int(reply[2]))
         return Created(feature, replayed=False)
 
-    async def get_feature(self, feature_id: int) -> Feature:
-        row = await self._call(
-            self._redis.hmget(f"{self._prefix}f:{feature_id}", list(lua.FEATURE_FIELDS))
-        )
-        if row[0] is None:
+    async def get_feature(
+        self, feature_id: int, *, audience: Audience = Audience.PUBLIC
+    ) -> Feature:
+        row = await self._script("get", str(feature_id))
+        if row[1] is None:
             raise NotFound(f"feature {feature_id} does not exist")
-        return _feature([feature_id, *row])
+        feature = _feature([feature_id, *row[1:]])
+        return masked(feature) if hides(row[0] == 1, audience) else feature
 
     async def list_features(
-        self, *, sort: Sort, status: Status | None, limit: int, after: CursorKey | None
+        self,
+        *,
+        sort: Sort,
+        status: Status | None,
+        limit: int,
+        after: CursorKey | None,
+        audience: Audience = Audience.PUBLIC,
     ) -> Page:
-        ranking = sort.value if status is None else f"{sort.value}:{status.value}"
+        scope = "" if status is None else f":{status.value}"
+        if sort is not Sort.NEW and after is not None and len(after) != KEY_LENGTH[sort]:
+            # A cursor made while results were hidden, i.e. (id,): go on after that feature's
+            # place now, or from the start if it is gone (a live ranking moves anyway).
+            try:
+                current = await self.get_feature(after[-1], audience=Audience.ADMIN)
+                after = sort_key(sort, current.id, current.up or 0, current.down or 0)
+            except NotFound:
+                after = None
         start = "-" if after is None else "(" + encode_key(after)
-        flat = await self._script("list", ranking, start, limit + 1, sort.value)
-        items = _features(flat)
-        if len(items) <= limit:
+        by_id = "+" if after is None else "(" + encode_key((-after[-1],))
+        flat = await self._script(
+            "list",
+            sort.value + scope,
+            start,
+            limit + 1,
+            sort.value,
+            "1" if audience is Audience.PUBLIC else "0",
+            "new" + scope,
+            by_id,
+        )
+        hidden, in_id_order = flat[0] == 1, flat[1] == 1
+        stride = 1 + _FIELD_COUNT
+        rows = [flat[i : i + stride] for i in range(2, len(flat), stride)]
+        more = len(rows) > limit
+        del rows[limit:]
+        items = [_feature(row[1:]) for row in rows]
+        if hides(hidden, audience):
+            items = [masked(f) for f in items]
+        if not more or not rows:
             return Page(items, None)
-        del items[limit:]
-        last = items[-1]
-        return Page(items, sort_key(sort, last.id, last.up, last.down))
+        last = decode_key(rows[-1][0])
+        return Page(items, (-last[0],) if in_id_order else last)
 
     async def update_feature(self, feature_id: int, patch: FeaturePatch) -> Feature:
         pairs: list[str] = []
@@ -229,16 +342,21 @@ class RedisStore(Store):
 
     # --- votes ----------------------------------------------------------------------------------
 
-    async def set_vote(self, voter: str, feature_id: int, value: int) -> VoteOut:
+    async def set_vote(
+        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+    ) -> VoteOut:
         reply = await self._script("vote", voter, str(feature_id), value)
         if reply[0] == "notfound":
             raise NotFound(f"feature {feature_id} does not exist")
+        if reply[0] == "locked":
+            raise VotingClosed("voting is closed; the presenter has locked the board")
         if reply[0] == "closed":
             raise FeatureClosed(f"feature {feature_id} is {reply[1]}; voting is closed")
         up, down, seq = int(reply[1]), int(reply[2]), int(reply[3])
         if seq:
             self._notify(seq)
-        return VoteOut(feature_id, value, up, down, up - down)  # type: ignore[arg-type]
+        out = VoteOut(feature_id, value, up, down, up - down)  # type: ignore[arg-type]
+        return masked_vote(out) if hides(reply[4] == 1, audience) else out
 
     async def votes_of(self, voter: str) -> dict[int, int]:
         mine = await self._call(self._redis.hgetall(f"{self._prefix}v:{voter}"))
@@ -256,29 +374,118 @@ class RedisStore(Store):
                 log.error("Redis seq went back below %d: data was lost; moved on", self._notified)
         return seq
 
-    async def stats(self) -> StatsView:
+    async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
+        return (await self._stats_views())[audience is Audience.ADMIN]
+
+    async def stats_by_audience(self) -> dict[Audience, StatsView]:
+        public, admin = await self._stats_views()
+        return {Audience.PUBLIC: public, Audience.ADMIN: admin}
+
+    async def _stats_views(self) -> tuple[StatsView, StatsView]:
         seq = await self._current_seq()
         cached = self._stats
-        if cached is not None and cached.seq == seq:
+        if cached is not None and cached[0].seq == seq:
             return cached
         async with self._stats_lock:  # one build per seq, however many readers wait
             cached = self._stats
-            if cached is not None and cached.seq >= seq:
+            if cached is not None and cached[0].seq >= seq:
                 return cached
             flat = await self._script("stats", self._top_n)
-            seq = int(flat[0])
-            stats = Stats(
-                seq=seq,
-                total_features=int(flat[1]),
-                total_votes=int(flat[2]) + int(flat[3]),
-                up=int(flat[2]),
-                down=int(flat[3]),
-                voters=int(flat[4]),
-                top=_features(flat[5:]),
-                generated_at=datetime.now(UTC),
-            )
-            self._stats = StatsView(seq, encoder.encode(stats), etag_for(seq))
+            self._stats = self._build_stats(flat)
             return self._stats
+
+    @staticmethod
+    def _build_stats(flat: Sequence[Any]) -> tuple[StatsView, StatsView]:
+        """Both audiences' views from one STATS reply; one shared view unless results are hidden."""
+        seq = int(flat[0])
+        board = _board(*flat[5:9])
+        top_end = 10 + int(flat[9]) * _FIELD_COUNT
+        stats = Stats(
+            seq=seq,
+            total_features=int(flat[1]),
+            total_votes=int(flat[2]) + int(flat[3]),
+            up=int(flat[2]),
+            down=int(flat[3]),
+            voters=int(flat[4]),
+            top=_features(flat[10:top_end]),
+            generated_at=datetime.now(UTC),
+            board=board,
+        )
+        if not board.results_hidden:
+            view = StatsView(seq, encoder.encode(stats), etag_for(seq))
+            return view, view
+        hidden = msgspec.structs.replace(
+            stats, up=None, down=None, top=[masked(f) for f in _features(flat[top_end:])]
+        )
+        return (
+            StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
+            StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN)),
+        )
+
+    # --- the board ------------------------------------------------------------------------------
+
+    async def board(self) -> Board:
+        row = await self._call(
+            self._redis.hmget(
+                self._prefix + "board", ["title", "round", "voting_open", "results_hidden"]
+            )
+        )
+        return _board(*row)
+
+    async def update_board(self, patch: BoardPatch) -> Board:
+        pairs: list[str] = []
+        for name in patch.__struct_fields__:
+            value = getattr(patch, name)
+            if value is not msgspec.UNSET:
+                pairs += [name, ("1" if value else "0") if isinstance(value, bool) else value]
+        reply = await self._script("update_board", DEFAULT_BOARD.title, *pairs)
+        if reply[0] != "same":
+            self._notify(int(reply[0]))
+        return _board(*reply[1:5])
+
+    async def reset_board(self) -> Board:
+        closed_at = datetime.now(UTC).isoformat()
+        reply = await self._script("reset", closed_at, DEFAULT_BOARD.title)
+        self._notify(int(reply[0]))
+        return _board(*reply[1:5])
+
+    async def rounds(self) -> list[RoundSummary]:
+        found = await self._call(self._redis.hgetall(self._prefix + "rounds"))
+        return sorted((_summary(str(raw)) for raw in found.values()), key=lambda r: -r.round)
+
+    async def standings(
+        self, round_no: int | None = None, *, audience: Audience = Audience.PUBLIC
+    ) -> Standings:
+        reply = await self._script("standings", "" if round_no is None else str(round_no))
+        if reply[0] == "notfound":
+            raise NotFound(f"round {round_no} does not exist")
+        if reply[0] == "archived":
+            summary = _summary(reply[1])
+            features = _archived_rows(reply[2])
+            if hides(summary.results_hidden, audience):
+                features = public_standings(features)
+            return Standings(
+                round=summary.round,
+                title=summary.title,
+                closed_at=summary.closed_at,
+                results_hidden=summary.results_hidden,
+                total_votes=summary.total_votes,
+                voters=summary.voters,
+                standings=features,
+            )
+        board = _board(*reply[1:5])
+        features = _features(reply[8:])
+        if hides(board.results_hidden, audience):
+            features = public_standings(features)
+        return Standings(
+            round=board.round,
+            title=board.title,
+            closed_at=None,
+            results_hidden=board.results_hidden,
+            total_votes=int(reply[5]) + int(reply[6]),
+            voters=int(reply[7]),
+            standings=features,
+        )
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
@@ -337,6 +544,8 @@ class RedisStore(Store):
             try:
                 async with self._pubsub() as pubsub:
                     await self._call(pubsub.subscribe(self._channel))
+                    if await self._script("migrate"):
+                        log.info("built the wilson and controversial rankings of %s", self._prefix)
                     # Messages published while we were away are lost: push a full snapshot.
                     self._notify(await self._current_seq(), force=True)
                     self._subscribed.set()

@@ -20,10 +20,12 @@ function setText(root, selector, text) {
   }
 }
 
-function fill(li, feature, rank, maxVotes, myVote) {
+function fill(li, feature, rank, maxVotes, myVote, votingOpen) {
   const up = feature.up ?? 0;
   const down = feature.down ?? 0;
-  setText(li, ".rank", String(rank));
+  const hidden = feature.score === null; // results hidden: no counts, and the order is by id
+  li.classList.toggle("counts-hidden", hidden);
+  setText(li, ".rank", hidden ? "·" : String(rank));
   setText(li, ".title", feature.title);
   setText(li, ".score", signed(feature.score));
   setText(li, ".n-up", feature.up === null ? "—" : String(up));
@@ -40,7 +42,7 @@ function fill(li, feature, rank, maxVotes, myVote) {
     li.querySelector(".bar-up").style.flexGrow = String(up);
     li.querySelector(".bar-down").style.flexGrow = String(down);
   }
-  const closed = feature.status === "done" || feature.status === "declined";
+  const closed = !votingOpen || feature.status === "done" || feature.status === "declined";
   for (const button of li.querySelectorAll("button.vote")) {
     const value = Number(button.dataset.value);
     const pressed = myVote === value;
@@ -55,7 +57,7 @@ function fill(li, feature, rank, maxVotes, myVote) {
  * Render `features` (already ranked) into `list`, reusing rows by feature id.
  * Returns the previous ranks by id so callers can announce moves.
  */
-export function renderBoard(list, template, features, myVotes = {}) {
+export function renderBoard(list, template, features, myVotes = {}, votingOpen = true) {
   const rows = new Map();
   const before = new Map();
   for (const li of list.children) {
@@ -76,7 +78,7 @@ export function renderBoard(list, template, features, myVotes = {}) {
       li.classList.add("enter");
     }
     li.dataset.rank = String(index + 1);
-    fill(li, feature, index + 1, maxVotes, myVotes[id]);
+    fill(li, feature, index + 1, maxVotes, myVotes[id], votingOpen);
     if (list.children[index] !== li) list.insertBefore(li, list.children[index] || null);
   });
   for (const li of rows.values()) li.remove();
@@ -111,8 +113,24 @@ export function renderTotals(root, stats) {
   }
 }
 
+/**
+ * Show the board's state (API.md "Board"): its title and round wherever data-board names them,
+ * the "voting closed" and "results hidden" banners, and data attributes on <body> for CSS.
+ */
+export function renderBoardState(board) {
+  for (const el of document.querySelectorAll("[data-board]")) {
+    const value = String(board[el.dataset.board]);
+    if (el.textContent !== value) el.textContent = value;
+  }
+  document.getElementById("closed-banner").hidden = board.voting_open;
+  document.getElementById("hidden-banner").hidden = !board.results_hidden;
+  document.body.dataset.votingOpen = String(board.voting_open);
+  document.body.dataset.resultsHidden = String(board.results_hidden);
+}
+
 /** One polite sentence about the most notable rank change, or "". */
 export function describeMoves(before, features) {
+  if (features.some((f) => f.score === null)) return ""; // hidden results: no ranks to announce
   for (const [index, feature] of features.entries()) {
     const old = before.get(String(feature.id));
     if (old && old.rank > index + 1) return `${feature.title} moved up to number ${index + 1}.`;

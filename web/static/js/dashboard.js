@@ -1,27 +1,77 @@
-// The dashboard: live leaderboard, +1/−1 toggles, and the proposal form.
+// The dashboard: live leaderboard in the chosen order, +1/−1 toggles, and the proposal form.
 import { call, identity, problem } from "./api.js";
-import { describeMoves, renderBoard, renderTotals } from "./board.js";
+import { describeMoves, renderBoard, renderBoardState, renderTotals } from "./board.js";
 import { LiveStats, showConnection } from "./live.js";
 
+const SORT_KEY = "featureVotes.sort";
+const SORTS = {
+  top: "Top features", new: "Newest features", wilson: "Best rated", controversial: "Most controversial",
+};
+const LIST_LIMIT = 20;
+const REFETCH_MIN_MS = 250; // other orders are fetched again at most this often while votes land
 const board = document.getElementById("board");
 const template = document.getElementById("row-template");
 const announce = document.getElementById("announce");
 const form = document.getElementById("propose");
+const sortSwitch = document.getElementById("sort-switch");
 let myVotes = {};
 let top = [];
+let lastStats = null;
+let votingOpen = true;
+let round = null;
+let sort = SORTS[localStorage.getItem(SORT_KEY)] ? localStorage.getItem(SORT_KEY) : "top";
 
 function render(features) {
   top = features;
   document.getElementById("empty").hidden = features.length > 0;
-  const before = renderBoard(board, template, features, myVotes);
+  const before = renderBoard(board, template, features, myVotes, votingOpen);
   const sentence = describeMoves(before, features);
   if (sentence) announce.textContent = sentence;
 }
 
 function onStats(stats) {
+  lastStats = stats;
   renderTotals(document, stats);
-  render(stats.top);
+  renderBoardState(stats.board);
+  votingOpen = stats.board.voting_open;
+  if (round !== null && round !== stats.board.round) loadMyVotes(); // a new round: no votes yet
+  round = stats.board.round;
+  if (sort === "top") render(stats.top); else refetch();
 }
+
+// Orders other than top come from GET /features, fetched again after pushes: one request in
+// flight at a time, the last push always followed by a fetch.
+let fetching = false;
+let fetchAgain = false;
+let lastFetch = 0;
+async function refetch() {
+  if (sort === "top") return;
+  if (fetching) { fetchAgain = true; return; }
+  fetching = true;
+  try {
+    const wait = REFETCH_MIN_MS - (Date.now() - lastFetch);
+    if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
+    lastFetch = Date.now();
+    const wanted = sort;
+    const res = await fetch(`/features?sort=${wanted}&limit=${LIST_LIMIT}`);
+    if (res.ok && wanted === sort) render((await res.json()).items);
+  } catch (_) {
+    // the next push tries again
+  } finally {
+    fetching = false;
+    if (fetchAgain) { fetchAgain = false; refetch(); }
+  }
+}
+
+function chooseSort(value) {
+  sort = SORTS[value] ? value : "top";
+  localStorage.setItem(SORT_KEY, sort);
+  document.getElementById("board-title").textContent = SORTS[sort];
+  sortSwitch.querySelector(`input[value="${sort}"]`).checked = true;
+  if (sort === "top") { if (lastStats) render(lastStats.top); } else refetch();
+}
+sortSwitch.addEventListener("change", (event) => chooseSort(event.target.value));
+chooseSort(sort);
 
 async function loadMyVotes() {
   const res = await call("GET", "/me/votes");
@@ -43,6 +93,7 @@ async function vote(button) {
       : await call("PUT", `/features/${id}/vote`, { value });
     if (!res.ok) {
       announce.textContent = (await problem(res)).detail || "The vote was not counted.";
+      if (res.status === 409 && !votingOpen) announce.textContent = "Voting is closed.";
       return;
     }
     const result = await res.json();

@@ -5,9 +5,16 @@ const PING_EVERY_MS = 20_000;
 const SILENCE_LIMIT_MS = 45_000;
 
 export class LiveStats {
-  constructor({ onStats, onState }) {
+  /**
+   * onStats(stats) after every push; onState(state) for the indicator; optional onOpen(live)
+   * right after each (re)connect (e.g. to send an admin token), onMessage(msg) for the other
+   * server messages ("auth" acks, "error"s).
+   */
+  constructor({ onStats, onState, onOpen = () => {}, onMessage = () => {} }) {
     this.onStats = onStats;
     this.onState = onState;
+    this.onOpen = onOpen;
+    this.onMessage = onMessage;
     this.attempt = 0;
     this.seq = -1;
     this.ws = null;
@@ -37,6 +44,7 @@ export class LiveStats {
       this.seq = -1; // a new connection starts from its snapshot (a restarted server may count anew)
       this.lastHeard = Date.now();
       this.setState("live");
+      this.onOpen(this);
     });
     ws.addEventListener("message", (event) => this.receive(event.data));
     ws.addEventListener("close", () => {
@@ -48,10 +56,35 @@ export class LiveStats {
     this.lastHeard = Date.now();
     let msg;
     try { msg = JSON.parse(data); } catch (_) { return; }
-    if (msg.type !== "stats" || typeof msg.seq !== "number") return;
+    if (msg.type === "auth") {
+      // The admin frames follow, starting with one that may repeat the current seq.
+      this.seq = -1;
+      this.onMessage(msg);
+      return;
+    }
+    if (msg.type !== "stats" || typeof msg.seq !== "number") {
+      this.onMessage(msg);
+      return;
+    }
     if (msg.seq <= this.seq) return; // stale: never go back
     this.seq = msg.seq;
     this.onStats(msg.stats);
+  }
+
+  /** Send one JSON message if the socket is open; false otherwise. */
+  send(message) {
+    if (!this.ws || this.ws.readyState !== WebSocket.OPEN) return false;
+    this.ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  /** Drop the socket and connect again at once (e.g. so it stops getting an admin's frames). */
+  reconnectFresh() {
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
+    this.attempt = 0;
+    this.connect();
   }
 
   scheduleReconnect() {
