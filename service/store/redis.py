@@ -366,12 +366,14 @@ class RedisStore(Store):
 
     async def _current_seq(self) -> int:
         seq = int(await self._call(self._redis.get(self._prefix + "seq")) or 0)
-        if seq < self._notified:
-            # Redis lost data (restart without persistence, FLUSHDB), or a reply raced a newer
-            # change: the script only raises seq when it really is below what we have seen.
-            seq = int(await self._script("raise_seq", self._notified))
-            if seq > self._notified:
-                log.error("Redis seq went back below %d: data was lost; moved on", self._notified)
+        floor = self._notified
+        if seq < floor:
+            # Redis lost data (restart without persistence, FLUSHDB), or this reply raced a newer
+            # change: the script raises seq only when it really is below what we have seen, and
+            # says whether it did, so a mere race is not reported as data loss.
+            seq, raised = (int(x) for x in await self._script("raise_seq", floor))
+            if raised:
+                log.error("Redis seq went back below %d: data was lost; moved on", floor)
         return seq
 
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:

@@ -423,8 +423,8 @@ RAISE_SEQ: Final = """
 local P = ARGV[1]
 local seq = tonumber(redis.call('GET', P .. 'seq') or '0')
 local floor = tonumber(ARGV[2])
-if seq >= floor then return seq end
+if seq >= floor then return {seq, 0} end
 redis.call('SET', P .. 'seq', floor + 1)
 redis.call('PUBLISH', P .. 'changes', floor + 1)
-return floor + 1
+return {floor + 1, 1}
 """
