@@ -38,11 +38,13 @@ from .schemas import (
 REF: Final = "#/components/schemas/{name}"
 BODY_ERRORS: Final = (400, 413, 415, 422)
 
+# Ids and round numbers: positive, at most 18 digits (anything else is 404).
+POSITIVE_ID: Final = {"type": "integer", "minimum": 1, "maximum": 10**18 - 1}
 ID_PARAM: Final = {
     "name": "id",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "schema": POSITIVE_ID,
     "description": "Feature id; anything else is 404.",
 }
 LIST_PARAMS: Final = [
@@ -90,14 +92,14 @@ ROUND_PARAM: Final = {
     "name": "n",
     "in": "path",
     "required": True,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "schema": POSITIVE_ID,
     "description": "A closed round's number; anything else (the open round too) is 404.",
 }
 ROUND_QUERY: Final = {
     "name": "round",
     "in": "query",
     "required": False,
-    "schema": {"type": "integer", "minimum": 1, "maximum": 10**18 - 1},
+    "schema": POSITIVE_ID,
     "description": "A closed round (unknown: 404); absent, or the open round: the standings now.",
 }
 # Public reads that carry vote counts: a valid admin token sees hidden results; any other token

@@ -9,7 +9,7 @@ from typing import Final
 
 import pytest
 
-from .browser import CHROMIUM_ARGS, ROOT, Server, chromium_path
+from .browser import ROOT, Server, chromium_browser, chromium_path
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
 CHROMIUM = chromium_path()
@@ -27,12 +27,8 @@ SCREENSHOTS: Final = ROOT / "docs" / "img"
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ import pytest
 
 from service.auth import Role, Tokens
 
-from .browser import CHROMIUM_ARGS, Server, chromium_path
+from .browser import Server, chromium_browser, chromium_path
 from .conftest import make_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -32,12 +32,8 @@ LIVE_MS: Final = 3_000
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    with playwright_api.sync_playwright() as pw:
-        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+    with chromium_browser() as chromium:
+        yield chromium
 
 
 @pytest.fixture
