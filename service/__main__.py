@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from . import keys
-from .app import create_app
+from .app import create_app, make_runner
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
 from .logs import setup_logging
@@ -54,14 +54,7 @@ def _tokens(settings: Settings) -> Tokens:
 async def serve(settings: Settings) -> None:
     """Serve until SIGTERM/SIGINT, then drain: readyz 503, sockets closed, requests finished."""
     app = create_app(settings)
-    runner = web.AppRunner(
-        app,
-        shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,  # our own structured access log is written by a middleware
-        handle_signals=False,
-        max_line_size=settings.max_header_size,
-        max_field_size=settings.max_header_size,
-    )
+    runner = make_runner(app, settings)
     await runner.setup()
     try:
         site = web.TCPSite(runner, settings.host, settings.port)

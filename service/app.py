@@ -66,6 +66,8 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
             buffer_limit=settings.ws_buffer_limit,
             slow_client_timeout=settings.slow_client_timeout,
             close_timeout=settings.ws_close_timeout,
+            heartbeat=settings.ws_heartbeat,
+            idle_timeout=settings.ws_idle_timeout,
         ),
     )
     app.cleanup_ctx.append(_follow_seq)
@@ -112,3 +114,16 @@ async def _start_draining(app: web.Application) -> None:
     """Shutdown: readiness fails, and every socket is closed with 1001 so clients move on."""
     app[keys.LIFECYCLE].draining = True
     await app[keys.BROADCASTER].close_all(WSCloseCode.GOING_AWAY, b"server shutdown")
+
+
+def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
+    """The runner `serve` uses: our own access log, header and keep-alive limits, no signals."""
+    return web.AppRunner(
+        app,
+        shutdown_timeout=settings.shutdown_timeout,
+        access_log=None,  # our own structured access log is written by a middleware
+        handle_signals=False,
+        max_line_size=settings.max_header_size,
+        max_field_size=settings.max_header_size,
+        keepalive_timeout=settings.http_keepalive_timeout,
+    )

@@ -1,6 +1,10 @@
 """One broadcaster per instance: coalesce changes, encode each push once per audience, never wait
 on a client. While results are hidden, admin sockets get the real numbers and everyone else the
-hidden view: one frame per audience per push, written to each client as shared bytes."""
+hidden view: one frame per audience per push, written to each client as shared bytes.
+
+It also keeps the sockets alive: one sweep per `heartbeat` writes the same PING frame to every
+client and closes those that sent nothing (no message, no pong) for `idle_timeout`. One timer for
+all sockets instead of aiohttp's per-socket heartbeat timers saves ~2 KiB per idle connection."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from .store import Audience, StatsView, Store
 # Close code for a client that stayed too far behind (RFC 6455: 1013 "try again later").
 CLOSE_TOO_SLOW: Final = WSCloseCode.TRY_AGAIN_LATER
 _FIN_TEXT: Final = 0x81
+PING_FRAME: Final = b"\x89\x00"  # FIN + PING, unmasked, no payload
 AUTH_OK: Final = encoder.encode(AuthOk(role="admin"))
 log = logging.getLogger(__name__)
 
@@ -45,10 +50,12 @@ def stats_message(seq: int, stats_body: bytes) -> bytes:
 
 @dataclass(eq=False, slots=True)
 class Client:
-    """One socket's delivery state: the last seq written and since when it is behind."""
+    """One socket's delivery state: the last seq written, since when it is behind, and when the
+    peer last sent anything (a message or a pong)."""
 
     ws: web.WebSocketResponse
     transport: asyncio.Transport
+    seen: float
     seq: int = -1
     behind_since: float | None = None
     audience: Audience = Audience.PUBLIC
@@ -75,6 +82,8 @@ class Limits:
     buffer_limit: int
     slow_client_timeout: float
     close_timeout: float
+    heartbeat: float = 0.0  # seconds between ping sweeps; 0: no pings
+    idle_timeout: float = 0.0  # close a socket silent for this long; 0: never
 
 
 class Broadcaster:
@@ -99,23 +108,25 @@ class Broadcaster:
         self._wake = asyncio.Event()
         self._dirty = True  # the first frame is built at start
         self._closing: set[asyncio.Task[None]] = set()
-        self._task: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self._unsubscribe: Callable[[], None] | None = None
 
     # --- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         self._unsubscribe = self._store.subscribe(self._on_change)
-        self._task = asyncio.create_task(self._run(), name="broadcaster")
+        self._tasks.append(asyncio.create_task(self._run(), name="broadcaster"))
+        if self._limits.heartbeat > 0:
+            self._tasks.append(asyncio.create_task(self._keep_alive(), name="ws-heartbeat"))
         self._wake.set()
 
     async def stop(self) -> None:
         if self._unsubscribe is not None:
             self._unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+                await task
         await self.close_all(WSCloseCode.GOING_AWAY, b"server shutdown")
 
     async def close_all(self, code: int, message: bytes) -> None:
@@ -142,7 +153,7 @@ class Broadcaster:
     async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
         """Register a socket and write the current stats to it first, even mid-interval."""
         snapshot = await self._current(Audience.PUBLIC)
-        client = Client(ws, transport)
+        client = Client(ws, transport, seen=self._clock())
         self._clients.add(client)
         self._metrics.ws_clients.inc()
         self._write(client, snapshot, self._clock())
@@ -163,6 +174,10 @@ class Broadcaster:
         client.audience = Audience.ADMIN
         client.transport.write(text_frame(AUTH_OK))
         self._write(client, frame, self._clock())
+
+    def heard(self, client: Client) -> None:
+        """The peer sent something (a message or a pong): it is alive."""
+        client.seen = self._clock()
 
     def remove(self, client: Client) -> None:
         if client in self._clients:
@@ -191,6 +206,7 @@ class Broadcaster:
             else:
                 await self._wake.wait()
             self._wake.clear()
+            started = self._clock()
             try:
                 await self._push()
             except Exception:
@@ -201,8 +217,9 @@ class Broadcaster:
                     raise asyncio.CancelledError from None
                 log.exception("push failed; retrying on the next change")
                 self._dirty = True
-            # Leading edge: the first change is pushed at once; later ones wait out the interval.
-            await asyncio.sleep(self._limits.push_interval)
+            # Leading edge: the first change is pushed at once; later ones wait out the rest of
+            # the interval (the push itself took part of it).
+            await asyncio.sleep(max(0.0, self._limits.push_interval - (self._clock() - started)))
 
     async def _push(self) -> None:
         if self._dirty:
@@ -253,11 +270,33 @@ class Broadcaster:
         client.seq = frame.seq
         return 1
 
+    # --- keeping sockets alive ------------------------------------------------------------------
+
+    async def _keep_alive(self) -> None:
+        while True:
+            await asyncio.sleep(self._limits.heartbeat)
+            self.sweep()
+
+    def sweep(self) -> None:
+        """Close the sockets silent for longer than idle_timeout; ping all the others."""
+        now, idle = self._clock(), self._limits.idle_timeout
+        for client in list(self._clients):
+            if idle and now - client.seen > idle:
+                self._clients.discard(client)
+                self._behind.discard(client)
+                self._metrics.ws_idle_closed.inc()
+                self._close_later(client, WSCloseCode.GOING_AWAY, b"idle timeout")
+            elif not client.transport.is_closing():
+                client.transport.write(PING_FRAME)
+
     def _drop(self, client: Client) -> None:
         self._clients.discard(client)
         self._behind.discard(client)
         self._metrics.ws_dropped.inc()
-        task = asyncio.create_task(self._close(client, CLOSE_TOO_SLOW, b"too slow"))
+        self._close_later(client, CLOSE_TOO_SLOW, b"too slow")
+
+    def _close_later(self, client: Client, code: int, message: bytes) -> None:
+        task = asyncio.create_task(self._close(client, code, message))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
 

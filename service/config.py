@@ -90,6 +90,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     push_interval: PositiveFloat = 0.02
     ws_max_msg_size: Annotated[int, msgspec.Meta(ge=64)] = 4096
     ws_heartbeat: NonNegativeFloat = 30.0
+    ws_idle_timeout: NonNegativeFloat = 75.0
+    http_keepalive_timeout: PositiveFloat = 75.0
     ws_buffer_limit: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024
     slow_client_timeout: PositiveFloat = 5.0
     ws_close_timeout: PositiveFloat = 2.0
@@ -111,6 +113,16 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     redis_socket_timeout: PositiveFloat = 1.0
     redis_connect_timeout: PositiveFloat = 0.5
     redis_max_connections: Annotated[int, msgspec.Meta(ge=2)] = 50
+
+    def __post_init__(self) -> None:
+        idle, beat = self.ws_idle_timeout, self.ws_heartbeat
+        if idle and not (beat and idle > beat):
+            raise ConfigError(
+                "ws_idle_timeout",
+                f"{idle:g} s needs ws_heartbeat pings more often than that (ws_heartbeat is "
+                f"{beat:g}): a dashboard only talks when pinged; set ws_idle_timeout = 0 to "
+                "never close silent sockets",
+            )
 
 
 FIELDS: Final = {f.name: f for f in msgspec.structs.fields(Settings)}

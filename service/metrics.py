@@ -53,6 +53,11 @@ class Metrics:
         self.ws_dropped = Counter(
             "fv_ws_dropped_slow", "Clients closed for staying behind", registry=self.registry
         )
+        self.ws_idle_closed = Counter(
+            "fv_ws_closed_idle",
+            "Clients closed after ws_idle_timeout without a message or pong",
+            registry=self.registry,
+        )
         self.ws_lag = Histogram(
             "fv_ws_push_lag_seconds",
             "From a change to its frame written to every client",

@@ -1,5 +1,8 @@
 """GET /ws: check Origin, upgrade, hand the socket to the broadcaster, answer pings and
-an admin's {"type": "auth"} message (which switches the socket to the admin's frames)."""
+an admin's {"type": "auth"} message (which switches the socket to the admin's frames).
+
+The broadcaster sends the keep-alive PINGs (one sweep for every socket); this handler answers
+the client's PINGs and tells the broadcaster whenever the peer sent anything."""
 
 from __future__ import annotations
 
@@ -70,7 +73,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     ws = web.WebSocketResponse(
         compress=False,
         max_msg_size=settings.ws_max_msg_size,
-        heartbeat=settings.ws_heartbeat or None,
+        autoping=False,  # PINGs are the broadcaster's sweep; PONGs come here as proof of life
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(426, "this endpoint speaks WebSocket", headers={"Upgrade": "websocket"})
@@ -86,7 +89,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         return ws
     try:
         async for msg in ws:  # only this task reads the socket
-            if msg.type is WSMsgType.TEXT:
+            broadcaster.heard(client)
+            if msg.type is WSMsgType.PONG:
+                continue
+            if msg.type is WSMsgType.PING:
+                await ws.pong(msg.data)
+            elif msg.type is WSMsgType.TEXT:
                 answer = reply_to(msg.data)
                 reply = (
                     await authenticate(request, broadcaster, client, answer)

@@ -377,3 +377,26 @@ def test_setting_documented_in_readme_table(name: str) -> None:
     assert any(f"`{name}`" in row for row in rows), (
         f"README.md has no configuration table row naming `{name}`"
     )
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"FV_WS_HEARTBEAT": "30", "FV_WS_IDLE_TIMEOUT": "30"},
+        {"FV_WS_HEARTBEAT": "30", "FV_WS_IDLE_TIMEOUT": "10"},
+        {"FV_WS_HEARTBEAT": "0"},  # the default idle timeout would close every quiet dashboard
+    ],
+    ids=["idle-equals-heartbeat", "idle-below-heartbeat", "idle-without-pings"],
+)
+def test_idle_timeout_must_outlast_the_heartbeat(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env, use_default_file=False)
+    check_one_line_naming(info.value, "ws_idle_timeout")
+    assert "ws_heartbeat" in str(info.value)
+
+
+def test_idle_timeout_off_allows_no_heartbeat() -> None:
+    settings = load_settings(
+        env={"FV_WS_HEARTBEAT": "0", "FV_WS_IDLE_TIMEOUT": "0"}, use_default_file=False
+    )
+    assert (settings.ws_heartbeat, settings.ws_idle_timeout) == (0, 0)

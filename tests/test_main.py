@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -21,9 +22,13 @@ from typing import Any
 
 import jwt
 import pytest
+from aiohttp import web
 
+from service.app import create_app, make_runner
 from service.auth import Role, TokenInvalid, Tokens
 from service.config import PROJECT_ROOT, Secret
+
+from .conftest import make_settings
 
 SECRET = "cli-test-secret-cli-test-secret-0123456789"
 OTHER_SECRET = "another-secret-another-secret-9876543210"
@@ -413,3 +418,40 @@ def test_without_secret_the_log_has_a_working_admin_token(tmp_path: Path) -> Non
             "PATCH", path, body={"status": "done"}, headers={"Authorization": f"Bearer {forged}"}
         )
         assert refused.status == 401
+
+
+async def idle_connection_lifetime(keepalive: float, wait_at_most: float) -> float | None:
+    """Serve with make_runner, make one keep-alive request on a raw socket, then time how long
+    the server keeps the idle connection open (None: still open after `wait_at_most`)."""
+    settings = make_settings(http_keepalive_timeout=keepalive)
+    runner = make_runner(create_app(settings), settings)
+    await runner.setup()
+    port = free_port()
+    try:
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        try:
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            assert head.startswith(b"HTTP/1.1 200"), head
+            length = re.search(rb"(?i)content-length: (\d+)", head)
+            assert length is not None, head
+            await asyncio.wait_for(reader.readexactly(int(length.group(1))), 5)
+            idle_since = time.monotonic()
+            try:
+                rest = await asyncio.wait_for(reader.read(), wait_at_most)
+            except TimeoutError:
+                return None
+            assert rest == b"", rest
+            return time.monotonic() - idle_since
+        finally:
+            writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_idle_keep_alive_connections_are_closed_after_the_setting() -> None:
+    lifetime = await idle_connection_lifetime(0.3, wait_at_most=5)
+    assert lifetime is not None and 0.25 <= lifetime < 5, lifetime
+    # The same request with a longer setting: the connection is still open well past 0.3 s.
+    assert await idle_connection_lifetime(3.0, wait_at_most=1.0) is None

@@ -489,14 +489,15 @@ async def test_no_data_frames_after_the_close_frame(
         raw.sock.close()
 
 
-async def test_heartbeat_drops_a_peer_that_never_answers_pings(
+async def test_heartbeat_closes_a_peer_that_never_answers_pings_and_keeps_the_one_that_does(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    client = await aiohttp_client(create_app(make_settings(ws_heartbeat=0.2)))
+    settings = make_settings(ws_heartbeat=0.2, ws_idle_timeout=0.7)
+    client = await aiohttp_client(create_app(settings))
     assert client.port is not None
     raw = RawWs(await raw_handshake(client.host, client.port, rcvbuf=1 << 16))
     try:
-        # aiohttp answers pings while someone reads: keep a reader on this one.
+        # aiohttp's client answers pings while someone reads: keep a reader on this one.
         async with client.ws_connect("/ws") as answering:
             received: list[Json] = []
 
@@ -506,23 +507,52 @@ async def test_heartbeat_drops_a_peer_that_never_answers_pings(
                         received.append(json.loads(msg.data))
 
             reader = asyncio.create_task(read())
-            opcodes: list[int] = []
-            deadline = time.monotonic() + 5
+            frames: list[tuple[int, bytes]] = []
+            started = time.monotonic()
+            deadline = started + 5
             while (frame := await raw.read_frame(deadline - time.monotonic())) is not None:
-                opcodes.append(frame[0])
-            assert WSMsgType.PING in opcodes, opcodes
-            await asyncio.sleep(0.5)  # more heartbeats for the peer that answers
+                frames.append(frame)
+                if frame[0] == WSMsgType.CLOSE:
+                    break
+            silent_for = time.monotonic() - started
+            opcodes = [op for op, _ in frames]
+            assert opcodes.count(WSMsgType.PING) >= 2, opcodes  # a sweep every 0.2 s
+            assert opcodes[-1] == WSMsgType.CLOSE, opcodes
+            close = frames[-1][1]
+            assert struct.unpack("!H", close[:2])[0] == 1001 and close[2:] == b"idle timeout"
+            assert silent_for >= settings.ws_idle_timeout, silent_for
+            await asyncio.sleep(1.0)  # longer than ws_idle_timeout for the peer that answers
             assert not answering.closed
             await answering.send_str('{"type":"ping"}')
             deadline = time.monotonic() + 5
             while {"type": "pong"} not in received:
                 assert time.monotonic() < deadline, received
                 await asyncio.sleep(0.01)
+            assert metric(await metrics_text(client), "fv_ws_closed_idle_total") == 1
             await answering.close()
             await asyncio.wait_for(reader, 5)
         await wait_for_metric(client, "fv_ws_clients", 0, 5)
     finally:
         raw.sock.close()
+
+
+async def test_a_client_ping_gets_a_pong_with_its_payload(client: Client) -> None:
+    async with client.ws_connect("/ws", autoping=False) as ws:
+        assert (await receive_json(ws))["type"] == "stats"
+        await ws.ping(b"are you there")
+        msg = await ws.receive(timeout=5)
+        assert msg.type is WSMsgType.PONG and msg.data == b"are you there", msg
+
+
+async def test_without_heartbeat_no_pings_are_sent(aiohttp_client: AiohttpClient) -> None:
+    settings = make_settings(ws_heartbeat=0, ws_idle_timeout=0)
+    client = await aiohttp_client(create_app(settings))
+    async with client.ws_connect("/ws", autoping=False) as ws:
+        assert (await receive_json(ws))["type"] == "stats"
+        with pytest.raises(TimeoutError):
+            msg = await ws.receive(timeout=0.5)
+            pytest.fail(f"unexpected {msg.type}: {msg.data!r}")
+        assert not ws.closed
 
 
 # --- 3. Origin ----------------------------------------------------------------------------------
