@@ -16,7 +16,7 @@ from . import keys
 from .app import create_app, make_runner
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
-from .logs import setup_logging
+from .logs import SHOWS_TOKEN, setup_logging
 
 log = logging.getLogger("service")
 
@@ -74,6 +74,7 @@ async def serve(settings: Settings) -> None:
             log.warning(
                 "no FV_SECRET: a random secret signs tokens; admin token: %s (this process only)",
                 token,
+                extra={SHOWS_TOKEN: True},  # the one line allowed to show a token
             )
         await stop.wait()
         lifecycle = app[keys.LIFECYCLE]

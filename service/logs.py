@@ -12,6 +12,7 @@ from typing import Any, Final
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 _REQUEST_ID: Final = re.compile(r"^[\w.:-]{1,128}$")
@@ -21,6 +22,34 @@ REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
 _BASE_FIELDS: Final = frozenset(vars(logging.makeLogRecord({})))
 _encoder: Final = msgspec.json.Encoder()
 access_log: Final = logging.getLogger("service.access")
+# Anything shaped like a JWT (a token) is masked in every line, wherever it came from; the one
+# record allowed to show a token sets `extra={SHOWS_TOKEN: True}` (the start-up admin token).
+_TOKEN: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+SHOWS_TOKEN: Final = "shows_token"
+
+
+def redact(line: str) -> str:
+    return _TOKEN.sub("<token>", line) if "eyJ" in line else line
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp logs a request its parser rejects (client garbage, answered 400) at ERROR with a
+    traceback holding the raw offending line, which may carry an Authorization header. Make it
+    one WARNING line that names the error and the peer, and nothing the client sent."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
+            record.msg = "rejected a malformed request from %s: %s (%d)"
+            record.args = (peer, type(exc).__name__, exc.code)
+            record.exc_info = record.exc_text = None
+            record.levelno, record.levelname = logging.WARNING, "WARNING"
+        return True
+
+
+def _finish(record: logging.LogRecord, line: str) -> str:
+    return line if getattr(record, SHOWS_TOKEN, False) else redact(line)
 
 
 class JsonFormatter(logging.Formatter):
@@ -36,7 +65,7 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _BASE_FIELDS})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _encoder.encode(entry).decode()
+        return _finish(record, _encoder.encode(entry).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -48,7 +77,7 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         extra = " ".join(f"{k}={v}" for k, v in vars(record).items() if k not in _BASE_FIELDS)
         line = super().format(record)
-        return f"{line} {extra}" if extra else line
+        return _finish(record, f"{line} {extra}" if extra else line)
 
 
 def setup_logging(level: str, fmt: str) -> None:
@@ -56,6 +85,7 @@ def setup_logging(level: str, fmt: str) -> None:
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
     handler = logging.StreamHandler()
+    handler.addFilter(MalformedRequestFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

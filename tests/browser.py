@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Final
 
 from .conftest import TEST_SECRET
+from .log_capture import log_path
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CHROMIUM_CANDIDATES: Final = ("/usr/bin/chromium", "chromium", "chromium-browser")
@@ -82,17 +83,21 @@ class Server:
             **env,
         }
         self.proc: subprocess.Popen[bytes] | None = None
+        self.log = log_path(f"server-{self.port}", self.env)  # every start appends its stderr
+
+    def log_text(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
     def start(self) -> Server:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )
+        with self.log.open("ab") as sink:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
+                stdout=subprocess.DEVNULL, stderr=sink,
+            )
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
-                raise RuntimeError(f"the service exited at start: {err}")
+                raise RuntimeError(f"the service exited at start: {self.log_text()}")
             try:
                 if self.request("GET", "/healthz")[0] == 200:
                     return self

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+import logging
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,12 +16,47 @@ from service.auth import Role, Tokens
 from service.config import Secret, Settings
 from service.keys import TOKENS
 
+from . import log_capture
+
 TEST_SECRET = "test-secret-that-is-long-enough-0001"
 NO_RATE_LIMITS: dict[str, Any] = {
     "token_rate": 0.0, "vote_rate": 0.0, "create_rate": 0.0, "ws_connect_rate": 0.0
 }
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]
+# Runs last (see pytest_collection_modifyitems): no token or secret in any log line of the run.
+FINAL_CHECK = "test_zz_logs_hold_no_secrets.py"
+# At INFO for the session, so every request's access lines are written and checked: the service's
+# own and aiohttp's (the test server's, with the raw request line). The root logger (WARNING) and
+# every other logger keep their levels; caplog.set_level still works as before.
+CAPTURE_LEVELS = {"service": logging.INFO, "aiohttp.access": logging.INFO}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_log_capture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every log record of the session, and every subprocess log, in one directory."""
+    folder = tmp_path_factory.mktemp("logs", numbered=False)
+    uninstall = log_capture.install(folder, CAPTURE_LEVELS)
+    try:
+        yield folder
+    finally:
+        uninstall()
+
+
+@pytest.hookimpl(trylast=True)  # after -k/-m deselection and any reordering
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    last = [item for item in items if item.path.name == FINAL_CHECK]
+    items[:] = [item for item in items if item.path.name != FINAL_CHECK] + last
+    log_capture.STATE.collected_files = {item.path.name for item in items}
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    log_capture.STATE.deselected += len(items)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if log_capture.STATE.summary:
+        terminalreporter.write_line(log_capture.STATE.summary)
 
 
 def make_settings(**overrides: Any) -> Settings:
@@ -30,6 +67,7 @@ def make_settings(**overrides: Any) -> Settings:
         **NO_RATE_LIMITS,  # tests mint many tokens from one address; test_ratelimit turns them on
     }
     values.update(overrides)
+    log_capture.remember_secret(*getattr(values["secret"], "keys", ()))
     return Settings(**values)
 
 

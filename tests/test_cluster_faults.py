@@ -35,6 +35,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from .browser import ROOT, Server, free_port
+from .log_capture import save_log
 from .redis_support import REDIS_URL, delete_namespace, require_redis, unique_prefix
 
 NGINX_CONF: Final = ROOT / "config" / "nginx.conf"
@@ -161,6 +162,8 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         for proc in procs:
             stop(proc)
         delete_namespace(REDIS_URL, prefix)
+        for log in sorted(tmp_path.glob("*.log")):  # for the whole run's no-secrets check
+            save_log(f"cluster-{log.name}", log.read_bytes())
 
 
 # --- clients -----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import re
+import socket
 import subprocess
 import sys
 import time
@@ -13,10 +14,11 @@ import urllib.request
 
 import pytest
 
-from service.logs import JsonFormatter, voter_hash
+from service.logs import SHOWS_TOKEN, JsonFormatter, TextFormatter, voter_hash
 
 from .browser import ROOT, free_port
 from .conftest import TEST_SECRET, Client, bearer
+from .log_capture import save_log
 
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
@@ -53,6 +55,16 @@ async def test_request_id_is_generated_when_missing_or_odd(client: Client) -> No
         assert rid != given and re.fullmatch(r"[0-9a-f]{32}", rid)
 
 
+def test_formatters_mask_anything_shaped_like_a_token() -> None:
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    leaky = logging.makeLogRecord({"msg": "header was %s", "args": (f"Bearer {token}",)})
+    shown = logging.makeLogRecord({"msg": "admin token: %s", "args": (token,), SHOWS_TOKEN: True})
+    for formatter in (JsonFormatter(), TextFormatter()):
+        line = formatter.format(leaky)
+        assert token not in line and "Bearer <token>" in line, line
+        assert token in formatter.format(shown)  # only the record that says it shows a token
+
+
 def test_voter_hash_is_stable_and_not_the_id() -> None:
     assert voter_hash("alice") == voter_hash("alice") != voter_hash("bob")
     assert "alice" not in voter_hash("alice")
@@ -79,13 +91,26 @@ def test_no_token_or_secret_in_a_served_process_log() -> None:
         for path in ("/me/votes", "/features?token=" + token):
             req = urllib.request.Request(base + path, headers=bearer(token))
             urllib.request.urlopen(req, timeout=2).close()
+        # A header aiohttp's parser rejects: its error log used to echo the raw line (the token).
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+            sock.sendall(
+                b"GET /me/votes HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+                + token.encode()
+                + b"\x00\r\n\r\n"
+            )
+            status_line = sock.recv(4096).split(b"\r\n", 1)[0]
+            assert status_line.split()[1] == b"400", f"the parser should refuse it: {status_line!r}"
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=10)
+        save_log("test_logs-served-process", err, env)
     lines = err.decode().splitlines()
     assert len(lines) >= 4
     entries = [json.loads(line) for line in lines]
     assert sum(1 for e in entries if e["logger"] == "service.access") == 4
+    rejected = [e for e in entries if "malformed request" in e["msg"]]
+    assert len(rejected) == 1 and rejected[0]["level"] == "warning", rejected
+    assert "exc" not in rejected[0], "client garbage should not log a traceback"
     assert TEST_SECRET not in err.decode()
     assert token not in err.decode(), "a token leaked into the log"
     assert all(e["route"] != "/features?token=" + token for e in entries if "route" in e)

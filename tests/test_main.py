@@ -29,6 +29,7 @@ from service.auth import Role, TokenInvalid, Tokens
 from service.config import PROJECT_ROOT, Secret
 
 from .conftest import make_settings
+from .log_capture import log_path, save_log
 
 SECRET = "cli-test-secret-cli-test-secret-0123456789"
 OTHER_SECRET = "another-secret-another-secret-9876543210"
@@ -54,7 +55,7 @@ def clean_env(**extra: str) -> dict[str, str]:
 def run_cli(
     *args: str, env: dict[str, str], timeout: float = 20.0
 ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
+    result = subprocess.run(
         [sys.executable, "-m", "service", *args],
         cwd=PROJECT_ROOT,
         env=env,
@@ -63,6 +64,8 @@ def run_cli(
         timeout=timeout,
         check=False,
     )
+    save_log("cli", result.stderr, env)  # stdout is the command's output (a token), not a log
+    return result
 
 
 def verifier(secret: str) -> Tokens:
@@ -119,10 +122,12 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 def serving(
     tmp_path: Path, env: dict[str, str], *args: str, port: int | None = None
 ) -> Iterator[Server]:
-    """Run `python -m service [args]`, wait for /healthz, and always kill it afterwards."""
+    """Run `python -m service [args]`, wait for /healthz, and always kill it afterwards.
+
+    Its output goes to the session's log directory (tests/log_capture.py), not to tmp_path."""
     port = port if port is not None else free_port()
     env = {"FV_HOST": "127.0.0.1", "PORT": str(port), **env}
-    log = tmp_path / f"server-{port}.log"
+    log = log_path(f"server-{port}", env)
     with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "service", *args],

@@ -34,6 +34,7 @@ from service.auth import Role
 from service.keys import TOKENS
 
 from .conftest import AiohttpClient, Client, bearer, create_feature, make_settings, stats
+from .log_capture import log_path
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 PROBLEM: Final = "application/problem+json"
@@ -725,7 +726,7 @@ async def wait_healthy(session: ClientSession, base: str, proc: asyncio.subproce
         await asyncio.sleep(0.05)
 
 
-async def test_shutdown_closes_every_socket_with_1001(tmp_path: Path) -> None:
+async def test_shutdown_closes_every_socket_with_1001() -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
     env |= {
@@ -734,7 +735,7 @@ async def test_shutdown_closes_every_socket_with_1001(tmp_path: Path) -> None:
         "PORT": str(port),
         "FV_DRAIN_DELAY": "0.1",
     }
-    log = tmp_path / "service.log"
+    log = log_path("ws-shutdown", env)
     with log.open("wb") as out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "service", cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
