@@ -33,7 +33,7 @@ async def add_security_headers(request: web.Request, response: web.StreamRespons
     headers = response.headers
     for name, value in COMMON_HEADERS.items():
         headers.setdefault(name, value)
-    if response.content_type == "text/html":
+    if headers.get(hdrs.CONTENT_TYPE, "").startswith("text/html"):
         headers.setdefault(
             "Content-Security-Policy", DOCS_CSP if request.path == "/docs" else PAGE_CSP
         )

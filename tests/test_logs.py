@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import json
 import logging
 import os
@@ -14,7 +16,13 @@ import urllib.request
 
 import pytest
 
-from service.logs import SHOWS_TOKEN, JsonFormatter, TextFormatter, voter_hash
+from service.logs import (
+    SHOWS_TOKEN,
+    BatchingStreamHandler,
+    JsonFormatter,
+    TextFormatter,
+    voter_hash,
+)
 
 from .browser import ROOT, free_port
 from .conftest import TEST_SECRET, Client, bearer
@@ -48,11 +56,15 @@ async def test_one_access_line_per_request(client: Client, access_lines: pytest.
 
 
 async def test_request_id_is_generated_when_missing_or_odd(client: Client) -> None:
-    for given in (None, "has spaces", "x" * 200):
+    seen = set()
+    for given in (None, "has spaces", "x" * 200, None):
         headers = {} if given is None else {"X-Request-ID": given}
         resp = await client.get("/healthz", headers=headers)
         rid = resp.headers["X-Request-ID"]
-        assert rid != given and re.fullmatch(r"[0-9a-f]{32}", rid)
+        # a per-process random prefix and a counter: unique across requests and instances
+        assert rid != given and re.fullmatch(r"[0-9a-f]{24,}", rid), rid
+        seen.add(rid)
+    assert len(seen) == 4
 
 
 def test_formatters_mask_anything_shaped_like_a_token() -> None:
@@ -63,6 +75,36 @@ def test_formatters_mask_anything_shaped_like_a_token() -> None:
         line = formatter.format(leaky)
         assert token not in line and "Bearer <token>" in line, line
         assert token in formatter.format(shown)  # only the record that says it shows a token
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_lines_of_one_loop_turn_share_one_write() -> None:
+    handler, stream = BatchingStreamHandler(), CountingStream()
+    handler.setStream(stream)
+    handler.setFormatter(JsonFormatter())
+    for n in range(3):
+        handler.handle(logging.makeLogRecord({"msg": "line %d", "args": (n,)}))
+    assert stream.getvalue() == ""  # still this turn of the loop
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    lines = [json.loads(line)["msg"] for line in stream.getvalue().splitlines()]
+    assert lines == ["line 0", "line 1", "line 2"] and stream.writes == 1
+
+
+def test_without_a_running_loop_each_line_is_written_at_once() -> None:
+    handler, stream = BatchingStreamHandler(), CountingStream()
+    handler.setStream(stream)
+    handler.handle(logging.makeLogRecord({"msg": "at start-up"}))
+    assert stream.getvalue() == "at start-up\n" and stream.writes == 1
 
 
 def test_voter_hash_is_stable_and_not_the_id() -> None:
