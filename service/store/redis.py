@@ -384,6 +384,19 @@ class RedisStore(Store):
         return {Audience.PUBLIC: public, Audience.ADMIN: admin}
 
     async def _stats_views(self) -> tuple[StatsView, StatsView]:
+        cached = self._stats
+        if cached is not None and cached[0].seq < self._notified:
+            # A change we were told of (ours or another instance's) is newer than the cache, as
+            # for every push: build at once, without first asking Redis for its seq. A reply
+            # below the notified seq (Redis lost data) takes the checked path below.
+            async with self._stats_lock:
+                cached = self._stats
+                if cached is not None and cached[0].seq >= self._notified:
+                    return cached
+                built = self._build_stats(await self._script("stats", self._top_n))
+                if built[0].seq >= self._notified:
+                    self._stats = built
+                    return built
         seq = await self._current_seq()
         cached = self._stats
         if cached is not None and cached[0].seq == seq:
