@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run run-cluster test lint audit bench bench-quick fmt clean
+.PHONY: run run-cluster test lint audit bench bench-quick bench-tools fmt clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -49,20 +49,41 @@ run-cluster: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+# pip-audit needs PyPI's vulnerability API (pypi.org/pypi/<name>/<version>/json); where that is
+# unreachable (a registry mirror only) lint says so loudly and `make audit` fails instead.
+AUDIT_PROBE := https://pypi.org/pypi/aiohttp/3.14.5/json
 lint: $(VENV)/.dev
 	$(BIN)/ruff check service tests bench
 	$(BIN)/mypy
+	@if $(PY) -c 'import urllib.request as u; u.urlopen("$(AUDIT_PROBE)", timeout=5)' \
+		2>/dev/null; then $(MAKE) --no-print-directory audit; else echo "lint: pip-audit NOT RUN:" \
+		"no route to PyPI's vulnerability API from here; run 'make audit' where there is one" >&2; fi
 
-# Fan-out benchmark against a floor server, driven by a Node `ws` client fleet (npm ci into
-# bench/node_modules). Results: bench/RESULTS.md. `make bench-quick` is a < 1 minute smoke run.
+# Benchmarks (bench/README in bench/RESULTS.md): fan-out against a floor and two peers with a Node
+# `ws` client fleet, REST against a trivial handler with wrk, the cluster over Redis, board size.
+# Each writes bench/results/<name>.md/.json; report.py assembles bench/RESULTS.md and fanout.py
+# draws bench/fanout.png. Run it on a quiet machine (~1 h); `make bench-quick` is a smoke run.
+BENCHES := fanout rest cluster boardsize
+$(VENV)/.bench: requirements.txt bench/requirements.txt | $(BIN)/activate
+	$(PY) -m pip install --quiet -r bench/requirements.txt
+	touch $@
+
 bench/node_modules/.package-lock.json: bench/package.json bench/package-lock.json
 	cd bench && npm ci --no-audit --no-fund
 
-bench: $(VENV)/.runtime bench/node_modules/.package-lock.json
-	$(PY) bench/fanout.py $(BENCH_ARGS)
+bench-tools: $(VENV)/.bench bench/node_modules/.package-lock.json
+	@command -v wrk >/dev/null || { command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] \
+		&& DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; } \
+		|| { echo "bench: wrk is missing (Debian/Ubuntu: apt-get install -y wrk)" >&2; exit 1; }
+	@command -v redis-server >/dev/null || { echo "bench: redis-server is missing" >&2; exit 1; }
 
-bench-quick: $(VENV)/.runtime bench/node_modules/.package-lock.json
-	$(PY) bench/fanout.py --quick $(BENCH_ARGS)
+bench: bench-tools
+	for b in $(BENCHES); do $(PY) bench/$$b.py $(BENCH_ARGS) || exit 1; done
+	$(PY) bench/report.py
+
+bench-quick: bench-tools
+	for b in $(BENCHES); do $(PY) bench/$$b.py --quick $(BENCH_ARGS) || exit 1; done
+	$(PY) bench/report.py --quick
 
 # Known-vulnerability audit of the pinned runtime dependencies. --strict fails when a package
 # cannot be checked (e.g. no route to an advisory database), so "no findings" is never silent.

@@ -1,14 +1,27 @@
-"""Fan-out benchmark: our /ws broadcaster against a minimal aiohttp FLOOR, same fleet, same votes.
+"""Fan-out benchmark: our /ws broadcaster against a FLOOR and two PEERS, same fleet, same votes.
 
-    .venv/bin/python bench/fanout.py              # N = 100, 1000, 5000; 3 repetitions (~7 min)
-    .venv/bin/python bench/fanout.py --quick      # N = 50, 200; 1 short repetition (~30 s)
+    .venv/bin/python bench/fanout.py              # N = 100, 1000, 5000; 3 repetitions (~15 min)
+    .venv/bin/python bench/fanout.py --quick      # N = 50, 200; 1 short repetition (~1.5 min)
+    .venv/bin/python bench/fanout.py --quick --servers ours peer2   # a subset of the servers
     .venv/bin/python bench/fanout.py --rev HEAD   # a committed revision, not the working tree
+    .venv/bin/python bench/fanout.py --from-json bench/results/fanout.json --plot  # re-render
 
 Needs Node and `npm ci` in bench/ (run here if bench/node_modules is missing).
-For every N and repetition, each server in turn (ours = `python -m service` with its rate limits
-off, floor = bench/floor_server.py) is started as a subprocess pinned to CPU 0 (taskset), and:
+The servers (--servers chooses some; default all four, in this order):
+  ours  = `python -m service` with its rate limits off (votes: PUT /features/1/vote);
+  floor = bench/floor_server.py: minimal aiohttp, one pre-encoded frame written to every
+          socket with `transport.write`;
+  peer1 = bench/peer_websockets.py: the `websockets` library's asyncio server and its
+          `broadcast()` (compression off, no pings);
+  peer2 = bench/peer_ws.js: a Node `ws` WebSocketServer, `send()` of one Buffer to every client.
+Floor and peers share one control protocol: POST /vote (empty body; websockets' HTTP handling
+refuses request bodies and answers one request per connection, so the voter opens a new TCP
+connection per vote for peer1) broadcasts one `{"type":"stats","seq":N,"pad":"xx…"}` frame of
+exactly the size of our stats message and answers {"seq":N}; GET /healthz answers {"seq":N}.
+For every N and repetition, each server in turn is started as a subprocess pinned to CPU 0
+(taskset), and:
   1. a warm-up WebSocket connects once, then votes with no client connected measure the per-vote
-     CPU (ours: GET /stats gives the size of its stats message, which the floor pads to);
+     CPU (ours: GET /stats gives the size of its stats message, which the others pad to);
   2. server VmRSS with no client, then with N idle clients of the Node `ws` fleet (bench/fleet.js,
      --fleet-procs processes pinned to CPU 1): (RSS_N - RSS_0) / N per idle connection;
   3. one voter sends votes one at a time at --rate votes/s (capped at --max-frame-rate / N so the
@@ -17,10 +30,13 @@ off, floor = bench/floor_server.py) is started as a subprocess pinned to CPU 0 (
      seq >= each vote's seq arrived -> latency p50/p99 over every (vote, client) pair;
   4. server CPU (utime+stime from /proc/<pid>/stat) over the vote phase / frames the fleet got;
      fleet CPU over the same window as % of one core; CPU used by other processes ("other load").
-Before each run it waits (bounded) for the machine to be quiet. Medians of the repetitions go to
-a markdown table (printed and written to --output) with the raw figures next to it as .json.
+Before each run it waits (bounded) for the machine to be quiet. Medians of the repetitions, the
+ratios ours/floor and ours/peer and every run go to bench/results/fanout.md (a `## Fan-out`
+section; quick: fanout-quick.md) with the raw figures and the targets next to it as .json; a
+full run (or --plot) then draws latency against N into bench/fanout.png (bench/plot.py).
 Everything listens on and talks to 127.0.0.1 only; every subprocess is stopped in `finally` and
-gets SIGKILL if this process dies (PR_SET_PDEATHSIG); the fleet exits when its stdin closes.
+gets SIGKILL if this process dies (PR_SET_PDEATHSIG); the fleet and peer2 exit when their stdin
+closes.
 """
 
 from __future__ import annotations
@@ -54,11 +70,24 @@ import aiohttp
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
+RESULTS = BENCH / "results"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_P99 = 1.2
-TARGET_CPU = 1.15
+TARGET_P99 = 1.2  # ours ÷ floor, from TARGET_P99_MIN_N clients on
+TARGET_P99_MIN_N = 1000
+TARGET_CPU = 1.15  # ours ÷ floor
+TARGET_PEER_CPU = 1.0  # ours ÷ each peer: below
 TARGET_KIB = 16.0
+# Every server the benchmark knows, in the order each (N, repetition) measures them. Ours comes
+# first: it sets the payload size the others pad to.
+SERVERS = ("ours", "floor", "peer1", "peer2")
+PEERS = ("peer1", "peer2")
+LABELS = {
+    "ours": "ours (service /ws)",
+    "floor": "floor (minimal aiohttp)",
+    "peer1": "peer1 (websockets broadcast())",
+    "peer2": "peer2 (Node ws)",
+}
 FEATURES = 10  # features seeded into our store: sets the size of the stats message
 # Every request of the benchmark comes from 127.0.0.1: per-client rate limits (where the service
 # has them; unknown FV_ names are ignored) would refuse the fleet and the voter. 0 = off.
@@ -146,7 +175,7 @@ def _die_with_parent() -> None:
 
 
 def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    """SIGTERM, wait up to `grace` s, then SIGKILL; always reaps."""
+    """SIGTERM, wait up to `grace` s, then SIGKILL; always reaps (and closes its stdin pipe)."""
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError):
             proc.send_signal(signal.SIGTERM)
@@ -156,11 +185,14 @@ def stop_process(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 proc.kill()
             proc.wait(5)
+    if proc.stdin is not None:
+        with contextlib.suppress(OSError):
+            proc.stdin.close()
 
 
 @dataclass
 class Server:
-    kind: str  # "ours" or "floor"
+    kind: str  # one of SERVERS: "ours", "floor", "peer1", "peer2"
     proc: subprocess.Popen[bytes]
     port: int
     log: Path
@@ -190,19 +222,29 @@ def start_server(
     # A clean configuration: nothing FV_* from the caller's environment leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
     cwd = ROOT
+    stdin: int | None = None  # inherited, as before
+    control = ["--host", HOST, "--port", str(port), "--size", str(size)]
     if kind == "ours":
         cmd = [*pin, python, "-m", "service"]
         env.update(FV_SECRET=secret, FV_HOST=HOST, PORT=str(port), **UNLIMITED)
         env.update(extra_env)
         cwd = source
+    elif kind == "floor":
+        cmd = [*pin, python, str(BENCH / "floor_server.py"), *control]
+    elif kind == "peer1":
+        cmd = [*pin, python, str(BENCH / "peer_websockets.py"), *control]
+    elif kind == "peer2":
+        # A pipe nobody writes to: Node exits when it closes (this process is gone).
+        cmd = [*pin, "node", str(BENCH / "peer_ws.js"), *control]
+        stdin = subprocess.PIPE
     else:
-        cmd = [*pin, python, str(BENCH / "floor_server.py"), "--host", HOST]
-        cmd += ["--port", str(port), "--size", str(size)]
+        raise ValueError(f"unknown server {kind!r} (one of {', '.join(SERVERS)})")
     with log.open("wb") as out:
         proc = subprocess.Popen(
             cmd,
             cwd=cwd,
             env=env,
+            stdin=stdin,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -349,7 +391,8 @@ class Voter:
                 resp.raise_for_status()
                 await resp.read()
                 return None
-        async with self.session.post(f"{self.server.base}/vote", data=b"{}") as resp:
+        # Floor and peers: an empty POST (websockets' HTTP handling refuses any request body).
+        async with self.session.post(f"{self.server.base}/vote") as resp:
             resp.raise_for_status()
             return int((await resp.json())["seq"])
 
@@ -416,6 +459,7 @@ class Run:
     p50_ms: float = math.nan
     p99_ms: float = math.nan
     max_ms: float = math.nan
+    elapsed_s: float = 0.0  # wall time of the whole run: start, warm-up, connect, votes, stop
     hist: dict[float, int] = field(default_factory=dict, repr=False)
     # Per vote, in order: [seq, mean latency ms, max latency ms] over every client.
     per_vote: list[list[float]] = field(default_factory=list, repr=False)
@@ -563,10 +607,11 @@ def fmt(v: float, digits: int = 1) -> str:
     return f"{v:.{digits}f}"
 
 
-def verdict(value: float, target: float) -> str:
+def verdict(value: float, target: float, below: bool = False) -> str:
+    """✅ when `value` is ≤ `target` (with `below`: strictly under it), ❌ otherwise."""
     if math.isnan(value):
         return "n/a"
-    return "✅" if value <= target else "❌"
+    return "✅" if (value < target if below else value <= target) else "❌"
 
 
 MEDIAN_KEYS = (
@@ -580,130 +625,259 @@ MEDIAN_KEYS = (
     "vote_rate",
     "vote_cpu_us",
 )
+# Ratios ours ÷ another server kept in each row: "<figure>_ratio" against the floor (the names
+# the rows always had), "<figure>_ratio_<peer>" against a peer.
+RATIO_FIGURES = {
+    "p50": "p50_ms",
+    "p99": "p99_ms",
+    "cpu": "us_per_frame",
+    "net_cpu": "net_us_per_frame",
+}
+SHORT = {"peer1": "websockets", "peer2": "Node ws"}
+
+
+def kinds_of(runs: list[Run]) -> list[str]:
+    """The servers measured, in SERVERS order (any other kind of an old file after them)."""
+    present = list(dict.fromkeys(r.kind for r in runs))
+    return [k for k in SERVERS if k in present] + [k for k in present if k not in SERVERS]
+
+
+def ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def ratio_key(figure: str, other: str) -> str:
+    return f"{figure}_ratio" if other == "floor" else f"{figure}_ratio_{other}"
 
 
 def summarize(runs: list[Run], ns: list[int]) -> list[dict[str, float]]:
+    kinds = kinds_of(runs)
     rows = []
     for n in ns:
         row: dict[str, float] = {"n": n}
-        for kind in ("ours", "floor"):
+        row["rate"] = max((r.rate for r in runs if r.n == n), default=math.nan)
+        for kind in kinds:
             rs = [r for r in runs if r.n == n and r.kind == kind]
             for key in MEDIAN_KEYS:
                 row[f"{kind}_{key}"] = med([getattr(r, key) for r in rs])
             row[f"{kind}_missing"] = sum(r.missing for r in rs)
             row[f"{kind}_closed"] = sum(r.closed + r.connect_failed for r in rs)
             row[f"{kind}_foreign_max"] = max((r.foreign_cpu_pct for r in rs), default=math.nan)
-            row["rate"] = max((r.rate for r in rs), default=math.nan)
-        row["p99_ratio"] = row["ours_p99_ms"] / row["floor_p99_ms"]
-        row["cpu_ratio"] = row["ours_us_per_frame"] / row["floor_us_per_frame"]
-        row["net_cpu_ratio"] = row["ours_net_us_per_frame"] / row["floor_net_us_per_frame"]
+        if "ours" in kinds:
+            for other in ("floor", *PEERS):
+                if other in kinds:
+                    for figure, key in RATIO_FIGURES.items():
+                        row[ratio_key(figure, other)] = ratio(
+                            row[f"ours_{key}"], row[f"{other}_{key}"]
+                        )
         rows.append(row)
     return rows
 
 
-def verdicts(rows: list[dict[str, float]]) -> str:
+def targets(rows: list[dict[str, float]], kinds: list[str]) -> list[dict[str, Any]]:
+    """One entry per target figure and N: {"figure", "value", "target", "met"}."""
+    out: list[dict[str, Any]] = []
+
+    def add(figure: str, value: float, target: float, below: bool = False) -> None:
+        met = value < target if below else value <= target
+        sign = "<" if below else "≤"
+        out.append({"figure": figure, "value": value, "target": f"{sign} {target:g}", "met": met})
+
+    if "ours" not in kinds:
+        return out
+    if "floor" in kinds:
+        for r in rows:
+            if r["n"] >= TARGET_P99_MIN_N:
+                add(f"fan-out p99 ÷ floor p99 at N={r['n']}", r["p99_ratio"], TARGET_P99)
+        for r in rows:
+            add(f"CPU per delivery ÷ floor at N={r['n']}", r["cpu_ratio"], TARGET_CPU)
+    for peer in PEERS:
+        if peer in kinds:
+            for r in rows:
+                add(
+                    f"CPU per delivery ÷ {peer} ({SHORT[peer]}) at N={r['n']}",
+                    r[ratio_key("cpu", peer)],
+                    TARGET_PEER_CPU,
+                    below=True,
+                )
+    for r in rows:
+        add(f"memory per idle connection KiB at N={r['n']}", r["ours_kib_per_conn"], TARGET_KIB)
+    return out
+
+
+def verdicts(rows: list[dict[str, float]], kinds: list[str]) -> str:
     """One sentence per target: at which N it is met."""
 
-    def which(key: str, target: float) -> str:
-        met = [int(r["n"]) for r in rows if r[key] <= target]
-        missed = [int(r["n"]) for r in rows if not r[key] <= target]
+    def which(key: str, target: float, below: bool = False, min_n: int = 0) -> str:
+        rs = [r for r in rows if r["n"] >= min_n]
+        if not rs:
+            return f"not assessed (no N ≥ {min_n} in this run)"
+        ok = [(r[key] < target if below else r[key] <= target) for r in rs]
+        met = [str(int(r["n"])) for r, good in zip(rs, ok, strict=True) if good]
+        missed = [str(int(r["n"])) for r, good in zip(rs, ok, strict=True) if not good]
         if not missed:
-            return "met at every N"
+            return "met at every N" if not min_n else f"met at every N ≥ {min_n}"
         if not met:
-            return "missed at every N"
-        return f"met at N = {', '.join(map(str, met))}; missed at N = {', '.join(map(str, missed))}"
+            return "missed at every N" if not min_n else f"missed at every N ≥ {min_n}"
+        return f"met at N = {', '.join(met)}; missed at N = {', '.join(missed)}"
 
-    return (
-        f"**Targets:** p99 ≤ {TARGET_P99}x floor: {which('p99_ratio', TARGET_P99)}. "
-        f"CPU/frame ≤ {TARGET_CPU}x floor: {which('cpu_ratio', TARGET_CPU)} "
-        f"(fan-out alone, net of per-vote cost: {which('net_cpu_ratio', TARGET_CPU)}). "
+    if "ours" not in kinds:
+        return "**Targets:** not assessed (our service was not measured)."
+    parts = []
+    if "floor" in kinds:
+        parts += [
+            f"p99 ≤ {TARGET_P99}x floor (from {TARGET_P99_MIN_N} clients): "
+            f"{which('p99_ratio', TARGET_P99, min_n=TARGET_P99_MIN_N)}.",
+            f"CPU/frame ≤ {TARGET_CPU}x floor: {which('cpu_ratio', TARGET_CPU)} "
+            f"(fan-out alone, net of per-vote cost: {which('net_cpu_ratio', TARGET_CPU)}).",
+        ]
+    for peer in PEERS:
+        if peer in kinds:
+            parts.append(
+                f"CPU/frame below {peer} ({SHORT[peer]}): "
+                f"{which(ratio_key('cpu', peer), TARGET_PEER_CPU, below=True)} (net: "
+                f"{which(ratio_key('net_cpu', peer), TARGET_PEER_CPU, below=True)})."
+            )
+    parts.append(
         f"≤ {TARGET_KIB:g} KiB per idle connection: {which('ours_kib_per_conn', TARGET_KIB)}."
     )
+    return "**Targets:** " + " ".join(parts)
 
 
 def render(rows: list[dict[str, float]], runs: list[Run], meta: dict[str, str]) -> str:
-    out = [f"# Fan-out benchmark ({meta['mode']} run)", ""]
+    kinds = kinds_of(runs)
+    others = [k for k in ("floor", *PEERS) if k in kinds and "ours" in kinds]
+    names = " / ".join(kinds)
+    nan = math.nan
+
+    def each(r: dict[str, float], key: str, digits: int = 1) -> str:
+        return " / ".join(fmt(r.get(f"{k}_{key}", nan), digits) for k in kinds)
+
+    out = [f"## Fan-out: our /ws broadcaster against a floor and two peers ({meta['mode']} run)"]
+    python_servers = ", ".join(k for k in kinds if k in ("ours", "floor", "peer1"))
+    software = f"Python {meta['python']}, aiohttp {meta['aiohttp']}, event loop {meta['loop']}"
+    software += f" ({python_servers})" if python_servers else ""
+    if "peer1" in kinds:
+        software += f"; websockets {meta.get('websockets', 'n/a')} (peer1)"
+    node_users = "peer2 and the fleet" if "peer2" in kinds else "the fleet"
+    software += f"; Node {meta['node']}, ws {meta['ws']} ({node_users})"
     out += [
+        "",
         f"- date: {meta['date']}",
         f"- machine: {meta['nproc']} CPUs, {meta['cpu']}; {meta['kernel']}",
-        f"- software: Python {meta['python']}, aiohttp {meta['aiohttp']}, event loop "
-        f"{meta['loop']} (both servers); Node {meta['node']}, ws {meta['ws']} (fleet)",
+        f"- software: {software}",
+        f"- servers: {meta.get('servers') or ', '.join(kinds)}",
         f"- code measured: {meta['code']}"
         + (f" at start, {meta['code_end']} at the end" if meta["code_end"] != meta["code"] else ""),
         f"- our service's settings: {meta['settings']}",
         f"- pinning: {meta['pinning']}",
         f"- load: {meta['load']}",
         f"- reproduce: `{meta['command']}` (from the project root)",
-        "",
-        "Medians of the repetitions; ratios are ratios of the medians. **Latency** = vote "
-        "request sent → first frame carrying that vote's `seq` (or a later one) received, over "
-        "every (vote, client) pair; send and receipt times are both CLOCK_MONOTONIC of this "
-        "host. **CPU/frame** = server utime+stime (/proc/<pid>/stat) over the vote phase ÷ "
-        "frames the fleet received in it. **KiB/idle conn** = (VmRSS with N idle clients - "
-        "VmRSS with none) ÷ N. **Fleet CPU** = all fleet processes, % of one core, over the "
-        "vote phase (they share one core: near 100 % would mean the fleet is the bottleneck).",
-        "",
-        "| N | votes/s | p50 ours ms | p50 floor ms | p99 ours ms | p99 floor ms "
-        f"| p99 ours/floor (target ≤ {TARGET_P99}) | CPU/frame ours µs | CPU/frame floor µs "
-        f"| CPU ours/floor (target ≤ {TARGET_CPU}) | KiB/idle conn ours (target ≤ "
-        f"{TARGET_KIB:g}) | KiB/idle conn floor | fleet CPU % ours / floor |",
-        "|---:|---:|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|",
     ]
-    for r in rows:
-        out.append(
-            f"| {r['n']} | {fmt(r['rate'], 0)} | {fmt(r['ours_p50_ms'])} "
-            f"| {fmt(r['floor_p50_ms'])} | {fmt(r['ours_p99_ms'])} | {fmt(r['floor_p99_ms'])} "
-            f"| {fmt(r['p99_ratio'], 2)} {verdict(r['p99_ratio'], TARGET_P99)} "
-            f"| {fmt(r['ours_us_per_frame'], 2)} | {fmt(r['floor_us_per_frame'], 2)} "
-            f"| {fmt(r['cpu_ratio'], 2)} {verdict(r['cpu_ratio'], TARGET_CPU)} "
-            f"| {fmt(r['ours_kib_per_conn'])} {verdict(r['ours_kib_per_conn'], TARGET_KIB)} "
-            f"| {fmt(r['floor_kib_per_conn'])} "
-            f"| {fmt(r['ours_fleet_cpu_pct'], 0)} / {fmt(r['floor_fleet_cpu_pct'], 0)} |"
-        )
-    out += ["", verdicts(rows)]
+    if meta.get("elapsed"):
+        out.append(f"- duration: {meta['elapsed']}")
+    if meta.get("plot"):
+        out.append(f"- figure: `{meta['plot']}` (bench/plot.py): latency p50 and p99 against N")
     out += [
         "",
-        "Secondary figures (medians). **Vote CPU** = server CPU per vote with no client "
-        "connected (HTTP handling, token, store, stats encoding, the push machinery; thread "
-        "run time from /proc/<pid>/task/*/schedstat). **Net CPU/frame** = (vote-phase CPU - "
-        "votes * vote CPU) ÷ frames: the fan-out alone. **Other load** = CPU used by processes "
+        "Medians of the repetitions; ratios are ratios of the medians, ours ÷ the other server "
+        "(below 1: ours is faster or leaner). **Latency** = vote request sent → first frame "
+        "carrying that vote's `seq` (or a later one) received, over every (vote, client) pair; "
+        "send and receipt times are both CLOCK_MONOTONIC of this host. **CPU/frame** = server "
+        "utime+stime (/proc/<pid>/stat, every thread) over the vote phase ÷ frames the fleet "
+        "received in it: the CPU per delivery. **KiB/idle conn** = (VmRSS with N idle clients - "
+        "VmRSS with none) ÷ N. **Fleet CPU** = all fleet processes, % of one core, over the "
+        "vote phase (they share one core: near 100 % would mean the fleet is the bottleneck). "
+        f"Cells with several figures list the servers in the order {names}.",
+        "",
+    ]
+    head = ["N", "votes/s", f"p50 ms {names}", f"p99 ms {names}"]
+    align = ["---:", "---:", "---:", "---:"]
+    for other in others:
+        note = f" (target ≤ {TARGET_P99} from N = {TARGET_P99_MIN_N})" if other == "floor" else ""
+        head.append(f"p99 ours/{other}{note}")
+        align.append("---")
+    head.append(f"CPU/frame µs {names}")
+    align.append("---:")
+    for other in others:
+        note = f"≤ {TARGET_CPU}" if other == "floor" else f"< {TARGET_PEER_CPU:g}"
+        head.append(f"CPU ours/{other} (target {note})")
+        align.append("---")
+    head += [f"KiB/idle conn {names} (target ours ≤ {TARGET_KIB:g})", f"fleet CPU % {names}"]
+    align += ["---:", "---:"]
+    out += ["| " + " | ".join(head) + " |", "|" + "|".join(align) + "|"]
+    for r in rows:
+        cells = [str(r["n"]), fmt(r["rate"], 0), each(r, "p50_ms"), each(r, "p99_ms")]
+        for other in others:
+            value = r[ratio_key("p99", other)]
+            mark = ""
+            if other == "floor" and r["n"] >= TARGET_P99_MIN_N:
+                mark = " " + verdict(value, TARGET_P99)
+            cells.append(fmt(value, 2) + mark)
+        cells.append(each(r, "us_per_frame", 2))
+        for other in others:
+            value = r[ratio_key("cpu", other)]
+            if other == "floor":
+                cells.append(f"{fmt(value, 2)} {verdict(value, TARGET_CPU)}")
+            else:
+                cells.append(f"{fmt(value, 2)} {verdict(value, TARGET_PEER_CPU, below=True)}")
+        kib = [fmt(r.get(f"{k}_kib_per_conn", nan)) for k in kinds]
+        if "ours" in kinds:
+            kib[0] += " " + verdict(r["ours_kib_per_conn"], TARGET_KIB)
+        cells += [" / ".join(kib), each(r, "fleet_cpu_pct", 0)]
+        out.append("| " + " | ".join(cells) + " |")
+    out += ["", verdicts(rows, kinds)]
+    out += [
+        "",
+        "Per server (medians). **Vote CPU** = server CPU per vote with no client connected "
+        "(ours: HTTP handling, token, store, stats encoding, the push machinery; the others: "
+        "HTTP handling, and for peer1 a new TCP connection per vote; thread run time from "
+        "/proc/<pid>/task/*/schedstat). **Net CPU/frame** = (vote-phase CPU - votes * vote "
+        "CPU) ÷ frames: the fan-out alone. **ours ÷** = ours' figure over this server's, for "
+        "p99 / CPU per frame / net CPU per frame. **Other load** = CPU used by processes "
         "outside the benchmark during the vote phase (worst run, % of one core).",
         "",
-        "| N | votes/s achieved ours / floor | vote CPU ours µs | vote CPU floor µs "
-        "| net CPU/frame ours µs | net CPU/frame floor µs | net ours/floor "
-        "| busiest fleet process CPU % ours / floor | undelivered (vote, client) ours / floor "
-        "| closed or failed clients ours / floor | other load % ours / floor |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | server | votes/s achieved | p50 ms | p99 ms | CPU/frame µs | vote CPU µs "
+        "| net CPU/frame µs | ours ÷ p99 / CPU / net | KiB/idle conn "
+        "| fleet CPU % all / busiest process | undelivered (vote, client) "
+        "| closed or failed clients | other load % |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
-        out.append(
-            f"| {r['n']} | {fmt(r['ours_vote_rate'])} / {fmt(r['floor_vote_rate'])} "
-            f"| {fmt(r['ours_vote_cpu_us'], 0)} | {fmt(r['floor_vote_cpu_us'], 0)} "
-            f"| {fmt(r['ours_net_us_per_frame'], 2)} | {fmt(r['floor_net_us_per_frame'], 2)} "
-            f"| {fmt(r['net_cpu_ratio'], 2)} "
-            f"| {fmt(r['ours_fleet_cpu_max_proc_pct'], 0)} / "
-            f"{fmt(r['floor_fleet_cpu_max_proc_pct'], 0)} "
-            f"| {int(r['ours_missing'])} / {int(r['floor_missing'])} "
-            f"| {int(r['ours_closed'])} / {int(r['floor_closed'])} "
-            f"| {fmt(r['ours_foreign_max'], 0)} / {fmt(r['floor_foreign_max'], 0)} |"
-        )
+        for k in kinds:
+            if k in others:
+                vs = " / ".join(fmt(r[ratio_key(f, k)], 2) for f in ("p99", "cpu", "net_cpu"))
+            else:
+                vs = "—"
+            out.append(
+                f"| {r['n']} | {LABELS.get(k, k)} | {fmt(r[f'{k}_vote_rate'])} "
+                f"| {fmt(r[f'{k}_p50_ms'], 2)} | {fmt(r[f'{k}_p99_ms'], 2)} "
+                f"| {fmt(r[f'{k}_us_per_frame'], 2)} | {fmt(r[f'{k}_vote_cpu_us'], 0)} "
+                f"| {fmt(r[f'{k}_net_us_per_frame'], 2)} | {vs} "
+                f"| {fmt(r[f'{k}_kib_per_conn'])} "
+                f"| {fmt(r[f'{k}_fleet_cpu_pct'], 0)} / {fmt(r[f'{k}_fleet_cpu_max_proc_pct'], 0)} "
+                f"| {int(r[f'{k}_missing'])} | {int(r[f'{k}_closed'])} "
+                f"| {fmt(r[f'{k}_foreign_max'], 0)} |"
+            )
     out += [
         "",
         "Every run:",
         "",
         "| N | rep | server | connected | votes | frames | p50 ms | p99 ms | max ms | CPU s "
         "| CPU/frame µs | net µs | RSS0 KiB | RSS_N KiB | KiB/conn | fleet CPU % "
-        "| other load % | waited for quiet s |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| other load % | waited for quiet s | run s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        "---:|",
     ]
-    for r in runs:
+    for run in runs:
         out.append(
-            f"| {r.n} | {r.rep} | {r.kind} | {r.connected} | {r.votes} | {r.frames} "
-            f"| {fmt(r.p50_ms, 2)} | {fmt(r.p99_ms, 2)} | {fmt(r.max_ms, 1)} "
-            f"| {fmt(r.server_cpu_s, 2)} | {fmt(r.us_per_frame, 2)} "
-            f"| {fmt(r.net_us_per_frame, 2)} | {r.rss0_kib} | {r.rssn_kib} "
-            f"| {fmt(r.kib_per_conn)} | {fmt(r.fleet_cpu_pct, 0)} "
-            f"| {fmt(r.foreign_cpu_pct, 0)} | {fmt(r.quiet_wait_s, 0)} |"
+            f"| {run.n} | {run.rep} | {run.kind} | {run.connected} | {run.votes} | {run.frames} "
+            f"| {fmt(run.p50_ms, 2)} | {fmt(run.p99_ms, 2)} | {fmt(run.max_ms, 1)} "
+            f"| {fmt(run.server_cpu_s, 2)} | {fmt(run.us_per_frame, 2)} "
+            f"| {fmt(run.net_us_per_frame, 2)} | {run.rss0_kib} | {run.rssn_kib} "
+            f"| {fmt(run.kib_per_conn)} | {fmt(run.fleet_cpu_pct, 0)} "
+            f"| {fmt(run.foreign_cpu_pct, 0)} | {fmt(run.quiet_wait_s, 0)} "
+            f"| {fmt(run.elapsed_s, 0)} |"
         )
     return "\n".join(out) + "\n"
 
@@ -713,12 +887,14 @@ def versions(python: str) -> dict[str, str]:
         "import sys, aiohttp\n"
         "try:\n import uvloop; loop = 'uvloop ' + uvloop.__version__\n"
         "except ImportError:\n loop = 'asyncio'\n"
-        "print(sys.version.split()[0], aiohttp.__version__, loop, sep='|')\n"
+        "try:\n import websockets; wsp = websockets.__version__\n"
+        "except ImportError:\n wsp = 'not installed'\n"
+        "print(sys.version.split()[0], aiohttp.__version__, loop, wsp, sep='|')\n"
     )
     out = subprocess.run(
         [python, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
-    py, aio, loop = out.split("|")
+    py, aio, loop, websockets_version = out.split("|")
     node = subprocess.run(
         ["node", "--version"], capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
@@ -736,6 +912,7 @@ def versions(python: str) -> dict[str, str]:
         "loop": loop,
         "node": node,
         "ws": ws,
+        "websockets": websockets_version,
         "cpu": cpu,
         "nproc": str(os.cpu_count()),
         "kernel": f"Linux {platform.release()}",
@@ -800,6 +977,13 @@ def ensure_node_modules() -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="N = 50, 200; one short repetition")
+    p.add_argument(
+        "--servers",
+        nargs="+",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="servers to measure (default all: ours floor peer1 peer2; always in that order)",
+    )
     p.add_argument("--clients", type=int, nargs="+", help="N values (default 100 1000 5000)")
     p.add_argument("--reps", type=int, help="repetitions per N and server (default 3; quick 1)")
     p.add_argument("--rate", type=float, default=20.0, help="votes per second (default 20)")
@@ -850,8 +1034,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--output",
         type=Path,
-        help="markdown file (default bench/RESULTS.md; quick: bench/RESULTS-quick.md); the raw "
-        "figures go next to it as .json",
+        help="markdown file (default bench/results/fanout.md; quick: bench/results/"
+        "fanout-quick.md); the raw figures and targets go next to it as .json",
+    )
+    p.add_argument(
+        "--plot",
+        action="store_true",
+        help="draw the figure (bench/plot.py) after a quick run or --from-json too; a full run "
+        "always does (bench/fanout.png; another --output: that name with .png)",
     )
     args = p.parse_args(argv)
     if args.rev and args.source:
@@ -863,21 +1053,51 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         args.min_votes = args.min_votes if args.min_votes is not None else 0
         args.idle_vote_duration = args.idle_vote_duration or 1.0
         args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else 3.0
-        args.output = args.output or BENCH / "RESULTS-quick.md"
+        args.output = args.output or RESULTS / "fanout-quick.md"
     args.clients = args.clients or [100, 1000, 5000]
     args.reps = args.reps or 3
     args.duration = args.duration or 10.0
     args.min_votes = args.min_votes if args.min_votes is not None else 100
     args.idle_vote_duration = args.idle_vote_duration or 3.0
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else 180.0
-    args.output = args.output or BENCH / "RESULTS.md"
+    args.output = args.output or RESULTS / "fanout.md"
+    args.servers = [k for k in SERVERS if k in args.servers]
     return args
+
+
+def bench_python() -> str:
+    venv_python = ROOT / ".venv" / "bin" / "python"
+    return str(venv_python) if venv_python.exists() else sys.executable
+
+
+def plot_path(output: Path) -> Path:
+    """bench/<name>.png for an output in bench/results/ (which holds only .md and .json),
+    e.g. bench/fanout.png; elsewhere the output's own name with .png."""
+    if output.resolve().parent == RESULTS.resolve():
+        return BENCH / output.with_suffix(".png").name
+    return output.with_suffix(".png")
+
+
+def plot(raw_json: Path, png: Path) -> bool:
+    """Run bench/plot.py (matplotlib) on a results .json; False (and why) if it failed."""
+    cmd = [bench_python(), str(BENCH / "plot.py"), "--input", str(raw_json), "--output", str(png)]
+    try:
+        subprocess.run(cmd, check=True, timeout=120)
+    except (OSError, subprocess.SubprocessError) as exc:
+        print(f"fanout: plot failed: {exc}", file=sys.stderr)
+        return False
+    return True
+
+
+def rel(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return path.resolve().relative_to(ROOT).as_posix()
+    return str(path)
 
 
 async def amain(args: argparse.Namespace, argv: list[str]) -> int:
     ensure_node_modules()
-    venv_python = ROOT / ".venv" / "bin" / "python"
-    python = str(venv_python) if venv_python.exists() else sys.executable
+    python = bench_python()
     raise_fd_limit(max(args.clients) + 1024)
 
     pinned = not args.no_pin and shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2
@@ -900,15 +1120,19 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
             f"votes one at a time at {args.rate:g}/s, capped at {args.max_frame_rate:g} "
             f"frames/s ÷ N; at least {args.duration:g} s (and {args.min_votes} votes) per run; "
             f"{args.reps} repetition(s) per N and server; fleet = {args.fleet_procs} Node `ws` "
-            f"processes; our stats message has {FEATURES} features (the floor pads to its size)"
+            f"processes; our stats message has {FEATURES} features (floor and peers pad to its "
+            "size)"
         ),
+        servers=describe_servers(args.servers, meta),
         command=" ".join([".venv/bin/python", "bench/fanout.py", *(shlex.quote(a) for a in argv)]),
         rev=args.rev or "",
     )
     print(
-        f"fanout ({meta['mode']}): N={args.clients}, {args.reps} rep(s), {meta['pinning']}",
+        f"fanout ({meta['mode']}): N={args.clients}, {args.reps} rep(s), servers "
+        f"{' '.join(args.servers)}, {meta['pinning']}",
         file=sys.stderr,
     )
+    began = time.monotonic()
     runs: list[Run] = []
     with tempfile.TemporaryDirectory(prefix="fanout-") as logdir:
         source, commit = (args.source or ROOT).resolve(), None
@@ -932,14 +1156,17 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
         }
         for n in args.clients:
             for rep in range(1, args.reps + 1):
-                for kind in ("ours", "floor"):
+                for kind in args.servers:
                     started = time.monotonic()
                     try:
                         run = await measure(kind, n, rep, args, ctx)
                     except (RuntimeError, OSError, TimeoutError, aiohttp.ClientError) as exc:
                         print(f"  N={n} rep {rep} {kind}: FAILED: {exc}", file=sys.stderr)
-                        runs.append(Run(kind, n, rep))
+                        failed = Run(kind, n, rep)
+                        failed.elapsed_s = time.monotonic() - started
+                        runs.append(failed)
                         continue
+                    run.elapsed_s = time.monotonic() - started
                     runs.append(run)
                     print(
                         f"  N={n:>5} rep {rep} {kind:<5} {run.rate:g} votes/s  "
@@ -954,38 +1181,79 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
                     )
         meta["load"] += f"; frame payload {ctx['size']} bytes"
         meta["code_end"] = code_version(source, commit)
-    rows = summarize(runs, args.clients)
-    text = render(rows, runs, meta)
-    print(text)
-    args.output.write_text(text)
-    print(f"written to {args.output}", file=sys.stderr)
+    elapsed = time.monotonic() - began
+    per_run = [r.elapsed_s for r in runs if r.elapsed_s]
+    meta["elapsed"] = (
+        f"{elapsed / 60:.1f} min for {len(runs)} runs (median {med(per_run):.0f} s per run, "
+        "quiet waits included)"
+    )
     raw = {
         "meta": meta,
-        "rows": rows,
         "runs": [{k: v for k, v in asdict(r).items() if k != "hist"} for r in runs],
     }
-    args.output.with_suffix(".json").write_text(dump_raw(raw))
+    write_results(raw, runs, args.output, args.plot or not args.quick)
     return 0
 
 
+def describe_servers(kinds: list[str], meta: dict[str, str]) -> str:
+    what = {
+        "ours": "`python -m service` (votes: PUT /features/1/vote with a voter token)",
+        "floor": "bench/floor_server.py (aiohttp; one pre-encoded frame, `transport.write` to "
+        "each socket)",
+        "peer1": f"bench/peer_websockets.py (websockets {meta.get('websockets', '')} asyncio "
+        "server, `websockets.broadcast()` of one pre-encoded message, compression off, no "
+        "pings; its votes are answered by `process_request`, one TCP connection per vote)",
+        "peer2": f"bench/peer_ws.js (Node `ws` {meta.get('ws', '')} WebSocketServer, "
+        "perMessageDeflate off, `send()` of one pre-built Buffer to each client)",
+    }
+    listed = "; ".join(f"{k} = {what[k]}" for k in kinds)
+    if any(k != "ours" for k in kinds):
+        listed += (
+            "; floor and peers: POST /vote with an empty body broadcasts one frame of our stats "
+            "message's size and answers its seq"
+        )
+    return listed
+
+
+def write_results(raw: dict[str, Any], runs: list[Run], output: Path, draw: bool) -> None:
+    """The markdown section, the .json next to it (rows and targets from `runs`), the figure."""
+    meta = raw["meta"]
+    kinds = kinds_of(runs)
+    rows = summarize(runs, list(dict.fromkeys(r.n for r in runs)))
+    raw["rows"] = rows
+    raw["targets"] = targets(rows, kinds)
+    raw_json = output.with_suffix(".json")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if draw:  # else the figure an earlier run drew (if any) stays named in meta
+        meta.pop("plot", None)
+        raw_json.write_text(dump_raw(raw))  # plot.py reads it
+        png = plot_path(output)
+        if plot(raw_json, png):
+            meta["plot"] = rel(png)
+    text = render(rows, runs, meta)
+    print(text)
+    output.write_text(text)
+    raw_json.write_text(dump_raw(raw))
+    print(f"written to {rel(output)} and {rel(raw_json)}", file=sys.stderr)
+    if meta.get("plot"):
+        print(f"figure in {meta['plot']}", file=sys.stderr)
+
+
 def dump_raw(raw: dict[str, Any]) -> str:
-    """JSON with one line per run (each carries its per-vote figures)."""
+    """JSON with one line per run (each carries its per-vote figures) and one per target."""
     runs = ",\n".join("  " + json.dumps(r) for r in raw["runs"])
-    head = json.dumps({"meta": raw["meta"], "rows": raw["rows"]}, indent=1)[:-2]
-    return f'{head},\n "runs": [\n{runs}\n ]\n}}\n'
+    goals = ",\n".join("  " + json.dumps(t, ensure_ascii=False) for t in raw.get("targets", []))
+    head = json.dumps({"meta": raw["meta"], "rows": raw["rows"]}, indent=1, ensure_ascii=False)
+    return f'{head[:-2]},\n "runs": [\n{runs}\n ],\n "targets": [\n{goals}\n ]\n}}\n'
 
 
-def rerender(path: Path, output: Path | None) -> int:
-    """Write the markdown again from a raw .json of an earlier run (no measuring)."""
+def rerender(path: Path, output: Path | None, draw: bool = False) -> int:
+    """Write the results again from a raw .json of an earlier run (no measuring): the markdown,
+    the .json next to it with rows and targets recomputed (meta and runs as read), the figure."""
     raw = json.loads(path.read_text())
     names = set(Run.__dataclass_fields__)
     runs = [Run(**{k: v for k, v in r.items() if k in names}) for r in raw["runs"]]
-    ns = list(dict.fromkeys(r.n for r in runs))
-    text = render(summarize(runs, ns), runs, raw["meta"])
-    target = output or path.with_suffix(".md")
-    target.write_text(text)
-    print(text)
-    print(f"written to {target}", file=sys.stderr)
+    write_results(raw, runs, output or path.with_suffix(".md"), draw)
     return 0
 
 
@@ -1001,7 +1269,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     if args.from_json:
-        return rerender(args.from_json, args.output if "--output" in argv else None)
+        return rerender(args.from_json, args.output if "--output" in argv else None, args.plot)
     try:
         return asyncio.run(run_cancellable(args, argv))
     except (KeyboardInterrupt, asyncio.CancelledError):
