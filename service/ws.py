@@ -6,6 +6,9 @@ the client's PINGs and tells the broadcaster whenever the peer sent anything."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import socket
 from typing import Final
 from urllib.parse import urlsplit
 
@@ -35,6 +38,15 @@ def origin_allowed(request: web.Request, allowed: tuple[str, ...]) -> bool:
     if allowed:
         return "*" in allowed or origin in (a.rstrip("/").lower() for a in allowed)
     return urlsplit(origin).netloc == request.host.lower()
+
+
+def cap_send_buffer(transport: asyncio.Transport, size: int) -> None:
+    """A fixed kernel send buffer: a never-reading client is noticed after ~size (+ our own
+    ws_buffer_limit) bytes, not after the megabytes the kernel's autotuning would absorb."""
+    sock = transport.get_extra_info("socket")
+    if size and sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def reply_to(data: str) -> bytes | Auth:
@@ -81,6 +93,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     transport = request.transport
     if transport is None:  # the peer left during the handshake
         return ws
+    cap_send_buffer(transport, settings.ws_send_buffer)
     broadcaster = request.app[keys.BROADCASTER]
     try:
         client = await broadcaster.add(ws, transport)

@@ -31,7 +31,7 @@ from aiohttp import ClientSession, ClientWebSocketResponse, TCPConnector, WSMsgT
 
 from service.app import create_app
 from service.auth import Role
-from service.keys import TOKENS
+from service.keys import BROADCASTER, TOKENS
 
 from .conftest import AiohttpClient, Client, bearer, create_feature, make_settings, stats
 from .log_capture import log_path
@@ -535,6 +535,20 @@ async def test_heartbeat_closes_a_peer_that_never_answers_pings_and_keeps_the_on
         await wait_for_metric(client, "fv_ws_clients", 0, 5)
     finally:
         raw.sock.close()
+
+
+async def test_ws_send_buffer_fixes_the_kernel_send_buffer(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    app = create_app(make_settings(ws_send_buffer=32768))
+    client = await aiohttp_client(app)
+    async with client.ws_connect("/ws") as ws:
+        assert (await receive_json(ws))["type"] == "stats"
+        (registered,) = app[BROADCASTER]._clients  # the server's side of this connection
+        sock = registered.transport.get_extra_info("socket")
+        # Linux doubles the value for its bookkeeping; autotuning would start far lower (16 KiB)
+        # and grow to megabytes under a client that does not read.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) in (32768, 65536)
 
 
 async def test_a_client_ping_gets_a_pong_with_its_payload(client: Client) -> None:
