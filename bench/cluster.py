@@ -20,9 +20,10 @@ pair, on one CLOCK_MONOTONIC); the fleet is bench/fleet.js.
          the servers leave, alike in both layouts. Capacity = frames/s the fleet received.
   slow   1,000 healthy clients (quick: 200) without and with 50 (quick: 10) stalled ones
          (fleet.js --stall: handshake, then never read) on one instance (memory store, CPU 0;
-         fleet on CPU 1), 20 features (5.6 KB frames: the stalled sockets' ~4 MB of kernel
-         buffers fill within the run): healthy p99 ratio, clients dropped by the server
-         (fv_ws_dropped_slow_total: closed with 1013), server RSS sampled every 0.25 s.
+         fleet on CPU 1), 20 features (5.6 KB frames: the stalled sockets' kernel buffers,
+         the server's capped by ws_send_buffer, fill within the run): healthy p99 ratio,
+         clients dropped by the server (fv_ws_dropped_slow_total: closed with 1013), server
+         RSS sampled every 0.25 s.
 
 Writes bench/results/cluster.md (a `## Cluster` section) and cluster.json (meta, rows, targets,
 runs). Every process started here is stopped in `finally` and gets SIGKILL if this one dies.
@@ -745,8 +746,9 @@ def describe(meas: str, todo: list[Plan], args: argparse.Namespace, pin: bool) -
         f"{n} healthy clients, and {stalled} stalled ones in the second layout "
         "(`fleet.js --stall`: WebSocket handshake, then the socket is paused and never read); "
         f"{load}; {SLOW_FEATURES} features, so each frame is ~5.6 KB (the largest the default "
-        "top_n = 20 sends) and a stalled socket's kernel buffers (~4 MB on this loopback) fill "
-        "within the run. Defaults otherwise: ws_buffer_limit = 256 KiB, slow_client_timeout = "
+        "top_n = 20 sends) and a stalled socket's kernel buffers (the server's send buffer is "
+        "fixed by ws_send_buffer = 64 KiB; the client's receive buffer is autotuned) fill within "
+        "the run. Defaults otherwise: ws_buffer_limit = 256 KiB, slow_client_timeout = "
         f"5 s. One instance, memory store{', CPU 0; fleet on CPU 1' if pin else ''}. "
         "**Dropped** = the server's fv_ws_dropped_slow_total (closed with 1013; the close frame "
         "cannot reach a client that never reads, so the connection is cut after "
