@@ -106,7 +106,7 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
         self._pending: list[str] = []
-        self._scheduled = False
+        self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush waits on
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -120,12 +120,12 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         except RuntimeError:  # no loop running here: write now
             self.flush()
             return
-        if not self._scheduled:
+        if self._flush_on is not loop:  # (a flush left on a loop that ended never runs)
             loop.call_soon(self.flush)
-            self._scheduled = True
+            self._flush_on = loop
 
     def flush(self) -> None:
-        self._scheduled = False
+        self._flush_on = None
         if self._pending:
             text, self._pending = "".join(self._pending), []
             self.acquire()

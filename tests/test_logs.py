@@ -100,6 +100,26 @@ async def test_lines_of_one_loop_turn_share_one_write() -> None:
     assert lines == ["line 0", "line 1", "line 2"] and stream.writes == 1
 
 
+def test_a_flush_left_on_an_ended_loop_does_not_hold_later_lines() -> None:
+    handler, stream = BatchingStreamHandler(), CountingStream()
+    handler.setStream(stream)
+
+    async def log(msg: str) -> None:
+        handler.handle(logging.makeLogRecord({"msg": msg}))
+
+    def log_then_stop() -> None:
+        handler.handle(logging.makeLogRecord({"msg": "first"}))  # schedules a flush on `loop`
+        loop.stop()  # which ends before running it
+
+    loop = asyncio.new_event_loop()
+    loop.call_soon(log_then_stop)
+    loop.run_forever()
+    loop.close()
+    assert stream.getvalue() == ""
+    asyncio.run(log("second"))  # a new loop: both lines get out when it flushes
+    assert stream.getvalue() == "first\nsecond\n"
+
+
 def test_without_a_running_loop_each_line_is_written_at_once() -> None:
     handler, stream = BatchingStreamHandler(), CountingStream()
     handler.setStream(stream)
