@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Final, TypeVar
 
@@ -12,7 +14,15 @@ import msgspec
 from aiohttp import web
 
 from . import keys
-from .auth import Claims, Role, TokenInvalid, TokenMissing, bearer_token, require_role
+from .auth import (
+    Claims,
+    Role,
+    TokenInvalid,
+    TokenMissing,
+    Tokens,
+    bearer_token,
+    require_role,
+)
 from .errors import ApiError, invalid_input
 from .logs import VOTER_KEY
 from .schemas import (
@@ -28,6 +38,7 @@ from .schemas import (
     Sort,
     Status,
     TokenOut,
+    VoteOut,
     encoder,
     feature_create_decoder,
     feature_patch_decoder,
@@ -62,10 +73,14 @@ def _query_error(name: str, msg: str) -> ApiError:
 
 def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
     """Verified claims of the request's bearer token (401/403 through the domain errors)."""
-    token = bearer_token(request.headers.get("Authorization"))
-    claims = request.app[keys.TOKENS].verify(token)
+    claims = request.app[keys.TOKENS].verify(bearer_token(request.headers.get("Authorization")))
     request[VOTER_KEY] = claims.sub  # for the access log, which writes only a hash of it
     return require_role(claims, role)
+
+
+def voter_claims(tokens: Tokens, authorization: str) -> Claims:
+    """claims_of for a caller without an aiohttp request (service/votelane.py)."""
+    return require_role(tokens.verify(bearer_token(authorization)), Role.VOTER)
 
 
 def client_of(request: web.Request) -> str:
@@ -96,20 +111,31 @@ def audience_for(claims: Claims) -> Audience:
 
 
 def feature_id(request: web.Request) -> int:
-    raw = request.match_info["id"]
+    return parse_feature_id(request.match_info["id"])
+
+
+def parse_feature_id(raw: str) -> int:
     if not _FEATURE_ID.match(raw):
         raise ApiError(404, f"feature {raw!r} does not exist; ids are positive integers")
     return int(raw)
 
 
-async def read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
-    """Decode a JSON body; 415 for another media type, 413 over the size limit, 400/422 else."""
-    if request.content_type != JSON and not request.content_type.endswith("+json"):
-        raise ApiError(415, f"send the body as {JSON}, not {request.content_type!r}")
+def check_media_type(content_type: str) -> None:
+    """415 unless the body is declared JSON."""
+    if content_type != JSON and not content_type.endswith("+json"):
+        raise ApiError(415, f"send the body as {JSON}, not {content_type!r}")
+
+
+async def read_raw(request: web.Request) -> bytes:
+    """The whole body (413 over the size limit through aiohttp)."""
     try:
-        body = await request.read()
+        return await request.read()
     except web.RequestPayloadError as exc:  # undecodable Content-Encoding, broken chunking
         raise ApiError(400, f"the body could not be read: {exc.__cause__ or exc}") from None
+
+
+def decode_json(body: bytes, decoder: msgspec.json.Decoder[T]) -> T:
+    """400 for bytes that are not JSON (or not UTF-8), 422 for the wrong shape or values."""
     try:
         return decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -120,6 +146,12 @@ async def read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T
             "the body is not valid UTF-8",
             errors=[ProblemItem(loc="$", msg=f"invalid UTF-8 at byte {exc.start}")],
         ) from None
+
+
+async def read_body(request: web.Request, decoder: msgspec.json.Decoder[T]) -> T:
+    """Decode a JSON body; 415 for another media type, 413 over the size limit, 400/422 else."""
+    check_media_type(request.content_type)
+    return decode_json(await read_raw(request), decoder)
 
 
 # --- stats and identity -------------------------------------------------------------------------
@@ -270,16 +302,35 @@ async def delete_feature(request: web.Request) -> web.Response:
 @routes.put("/features/{id}/vote")
 @routes.post("/features/{id}/vote")
 async def put_vote(request: web.Request) -> web.Response:
-    claims = claims_of(request)
-    limits = request.app[keys.RATE_LIMITS]
+    result = await cast_vote(
+        request.app,
+        claims_of(request),
+        request.match_info["id"],
+        request.content_type,
+        functools.partial(read_raw, request),
+    )
+    return json_response(result)
+
+
+async def cast_vote(
+    app: web.Application,
+    claims: Claims,
+    raw_id: str,
+    content_type: str,
+    read: Callable[[], Awaitable[bytes]],
+) -> VoteOut:
+    """A voter's vote, after the token: rate limit, feature id, body, store, metric — in that
+    order, so either HTTP path (this module's handler or service/votelane.py) fails alike."""
+    limits = app[keys.RATE_LIMITS]
     await limits.check(limits.vote, claims.sub)
-    fid = feature_id(request)
-    vote = await read_body(request, vote_decoder)
-    result = await request.app[keys.STORE].set_vote(
+    fid = parse_feature_id(raw_id)
+    check_media_type(content_type)
+    vote = decode_json(await read(), vote_decoder)
+    result = await app[keys.STORE].set_vote(
         claims.sub, fid, vote.value, audience=audience_for(claims)
     )
-    request.app[keys.METRICS].votes.labels("vote").inc()
-    return json_response(result)
+    app[keys.METRICS].votes.labels("vote").inc()
+    return result
 
 
 @routes.delete("/features/{id}/vote")

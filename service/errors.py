@@ -100,25 +100,34 @@ def _from_exception(exc: Exception) -> web.Response | None:
     return None
 
 
+def problem_from(exc: Exception) -> web.Response | None:
+    """The problem answer for an error a handler raised; None for one nobody expected."""
+    if isinstance(exc, ApiError):
+        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
+    if isinstance(exc, RateLimited):
+        retry = str(max(1, math.ceil(exc.retry_after)))
+        return problem_response(429, str(exc), headers={"Retry-After": retry})
+    if isinstance(exc, web.HTTPException):
+        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
+        return problem_response(exc.status, detail, headers=headers)
+    return _from_exception(exc)
+
+
+def internal_error(method: str, path: str) -> web.Response:
+    """The 500 for an unexpected error, logged with its traceback (call inside `except`)."""
+    log.exception("unhandled error on %s %s", method, path)
+    return problem_response(500, "internal error; see the server log")
+
+
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Turn every error a handler raises into problem+json; nothing escapes as a bare 500."""
     try:
         return await handler(request)
-    except ApiError as exc:
-        return problem_response(exc.status, exc.detail, errors=exc.errors, headers=exc.headers)
-    except RateLimited as exc:
-        retry = str(max(1, math.ceil(exc.retry_after)))
-        return problem_response(429, str(exc), headers={"Retry-After": retry})
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
-        detail = exc.text if exc.text and not exc.text.startswith(f"{exc.status}:") else ""
-        return problem_response(exc.status, detail, headers=headers)
+        return problem_from(exc) or internal_error(request.method, request.path)
     except Exception as exc:
-        mapped = _from_exception(exc)
-        if mapped is not None:
-            return mapped
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return problem_response(500, "internal error; see the server log")
+        return problem_from(exc) or internal_error(request.method, request.path)

@@ -18,6 +18,15 @@ class Lifecycle:
     inflight: int = 0
     idle: asyncio.Event = field(default_factory=asyncio.Event)
 
+    def begin(self) -> None:
+        self.inflight += 1
+        self.idle.clear()
+
+    def end(self) -> None:
+        self.inflight -= 1
+        if not self.inflight:
+            self.idle.set()
+
     async def wait_idle(self, limit: float) -> None:
         """Wait until no HTTP request is in flight, at most `limit` seconds."""
         if self.inflight:
@@ -32,13 +41,10 @@ def inflight_middleware(lifecycle: Lifecycle) -> Middleware:
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
             return await handler(request)
-        lifecycle.inflight += 1
-        lifecycle.idle.clear()
+        lifecycle.begin()
         try:
             return await handler(request)
         finally:
-            lifecycle.inflight -= 1
-            if not lifecycle.inflight:
-                lifecycle.idle.set()
+            lifecycle.end()
 
     return middleware

@@ -158,10 +158,14 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
+def pick_request_id(given: str) -> str:
+    """The caller's X-Request-ID when it is sane, else a new one."""
+    return given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+
+
 def request_id(request: web.Request) -> str:
-    """The caller's X-Request-ID when it is sane, else a new one; stored on the request."""
-    given = request.headers.get(REQUEST_ID_HEADER, "")
-    rid = given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
+    """pick_request_id for an aiohttp request, stored on the request for its access line."""
+    rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
     request[REQUEST_ID_KEY] = rid
     return rid
 
@@ -174,17 +178,37 @@ def voter_hash(voter_id: str) -> str:
 
 def log_access(request: web.Request, route: str, status: int, seconds: float) -> None:
     """One line per request; never a token, a secret or a raw voter id."""
+    write_access(
+        request.get(REQUEST_ID_KEY),
+        request.method,
+        route,
+        status,
+        seconds,
+        request.remote,
+        request.get(VOTER_KEY),
+    )
+
+
+def write_access(
+    rid: str | None,
+    method: str,
+    route: str,
+    status: int,
+    seconds: float,
+    remote: str | None,
+    voter: str | None,
+) -> None:
+    """The access line itself, for aiohttp's requests and the vote lane's alike."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     fields: dict[str, Any] = {
-        "request_id": request.get(REQUEST_ID_KEY),
-        "method": request.method,
+        "request_id": rid,
+        "method": method,
         "route": route,
         "status": status,
         "ms": round(seconds * 1000, 2),
-        "remote": request.remote,
+        "remote": remote,
     }
-    voter = request.get(VOTER_KEY)
     if voter:
         fields["voter"] = voter_hash(voter)
-    access_log.info("%s %s %d", request.method, route, status, extra=fields)
+    access_log.info("%s %s %d", method, route, status, extra=fields)

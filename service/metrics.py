@@ -3,17 +3,45 @@
 from __future__ import annotations
 
 import time
-from typing import Final
+from collections.abc import Iterator
+from typing import Final, Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from .logs import REQUEST_ID_HEADER, log_access, request_id
 
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNMATCHED_ROUTE: Final = "unmatched"
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+class LaneCounts(Protocol):
+    """What the vote lane (service/votelane.py) counts, read when /metrics is scraped."""
+
+    answered: int
+    handed_over: int
+
+
+class _LaneCollector:
+    """The lanes' plain int counters as Prometheus counters: nothing to do per request."""
+
+    def __init__(self, lanes: list[LaneCounts]) -> None:
+        self._lanes = lanes
+
+    def collect(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(
+            "fv_vote_lane_answered",
+            "Vote requests answered by the vote lane (the others by aiohttp)",
+            value=sum(lane.answered for lane in self._lanes),
+        )
+        yield CounterMetricFamily(
+            "fv_vote_lane_handed_over",
+            "Connections the vote lane handed to aiohttp (another route, or an unusual request)",
+            value=sum(lane.handed_over for lane in self._lanes),
+        )
 
 
 class Metrics:
@@ -65,6 +93,8 @@ class Metrics:
             registry=self.registry,
         )
         self._children: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
+        self.lanes: list[LaneCounts] = []
+        self.registry.register(_LaneCollector(self.lanes))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)

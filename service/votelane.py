@@ -1,0 +1,446 @@
+"""The vote lane: `PUT`/`POST /features/{id}/vote` answered without aiohttp's per-request layers.
+
+A vote is the one request a live room sends in bursts, and most of its cost in aiohttp is the
+generic machinery around it (request and response objects, routing, middlewares, signals), not
+the vote. Every connection of the instance starts in this lane. A request that is exactly what
+the lane knows is answered here, by the same code the aiohttp handler runs (`api.cast_vote`,
+the token cache, the rate limits, the store), with the same answer, headers, metrics and access
+line:
+
+    HTTP/1.1, PUT or POST, the path /features/<digits>/vote with no query, one Content-Length
+    within `max_body_size`, a JSON Content-Type, one Authorization header, and none of the
+    headers that change framing or meaning (Transfer-Encoding, Expect, Upgrade, a Connection
+    other than keep-alive, Origin when CORS is on); the head ASCII, well formed, within
+    `max_header_size`.
+
+Anything else — another route, a browser, a WebSocket upgrade, an odd or malformed request — is
+handed over, with the bytes already read, to an aiohttp protocol for the rest of the connection
+(`transport.set_protocol`), before the lane has acted on that request. aiohttp then answers it
+exactly as without the lane (its 400s, 404s, 413s, 415s). So the lane is an optimisation that
+never decides a response of its own except the vote's, and `vote_lane = false` turns it off.
+
+Requests on one connection are answered in order, one at a time (pipelined ones wait in the
+buffer, which stops reading when it grows past one head and body). An idle connection closes
+after `http_keepalive_timeout`, as aiohttp's do; draining closes idle ones and lets a vote in
+flight finish.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections.abc import Awaitable, Callable
+from email.utils import formatdate
+from http import HTTPStatus
+from typing import Any, Final
+
+from aiohttp import web
+from aiohttp.http import SERVER_SOFTWARE
+
+from . import keys
+from .api import JSON, cast_vote, voter_claims
+from .errors import internal_error, problem_from
+from .logs import REQUEST_ID_HEADER, pick_request_id, write_access
+from .schemas import encoder
+from .security import COMMON_HEADERS
+
+ROUTE: Final = "/features/{id}/vote"
+_PREFIXES: Final = (b"PUT /features/", b"POST /features/")
+_REQUEST_LINE: Final = re.compile(rb"(PUT|POST) /features/([0-9]{1,20})/vote HTTP/1\.1")
+_FIELD_NAME: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+# Field values: visible ASCII, space and tab only (the head is checked to be ASCII first).
+_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_CONTENT_LENGTH: Final = re.compile(rb"[0-9]{1,10}")
+_JSON_TYPES: Final = frozenset({b"application/json", b"application/json; charset=utf-8"})
+# Headers whose presence sends the request to aiohttp: they change framing or meaning.
+_HAND_OVER: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"te"})
+# Headers the lane reads; each at most once.
+_READ: Final = frozenset(
+    {b"content-length", b"content-type", b"authorization", b"connection", b"x-request-id"}
+)
+_COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
+_JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
+_PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
+
+
+class _Dates:
+    """The Date header, formatted once a second."""
+
+    __slots__ = ("_second", "_value")
+
+    def __init__(self) -> None:
+        self._second = -1
+        self._value = ""
+
+    def now(self) -> str:
+        second = int(time.time())
+        if second != self._second:
+            self._second, self._value = second, formatdate(second, usegmt=True)
+        return self._value
+
+
+class VoteLane:
+    """One instance's lane: its settings, its app's parts, and its live connections."""
+
+    def __init__(self, app: web.Application, handler_factory: Callable[[], asyncio.Protocol]):
+        settings = app[keys.SETTINGS]
+        self.app = app
+        self.handler_factory = handler_factory  # aiohttp's protocol (runner.server)
+        self.tokens = app[keys.TOKENS]
+        self.metrics = app[keys.METRICS]
+        self.lifecycle = app[keys.LIFECYCLE]
+        self.access = settings.access_log
+        self.max_head = settings.max_header_size
+        self.max_body = settings.max_body_size
+        self.keepalive = settings.http_keepalive_timeout
+        self.cors = bool(settings.cors_origins)
+        self.connections: set[LaneProtocol] = set()
+        self.closing = False
+        self.dates = _Dates()
+        self.answered = 0  # requests the lane answered itself
+        self.handed_over = 0  # connections given to aiohttp
+        self.metrics.lanes.append(self)  # fv_vote_lane_* on /metrics
+
+    def __call__(self) -> LaneProtocol:
+        return LaneProtocol(self)
+
+    def close_idle(self) -> None:
+        """Draining: close every connection without a request in flight; the rest close after
+        their answer."""
+        self.closing = True
+        for conn in list(self.connections):
+            if not conn.in_flight:
+                conn.close()
+
+
+class LaneSite(web.TCPSite):
+    """A TCPSite whose connections start in the vote lane."""
+
+    __slots__ = ("lane",)
+
+    def __init__(
+        self, runner: web.AppRunner, host: str | None = None, port: int | None = None, **kw: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kw)
+        self.lane: VoteLane | None = None
+
+    async def start(self) -> None:
+        runner = self._runner
+        assert isinstance(runner, web.AppRunner) and runner.server is not None
+        self.lane = VoteLane(runner.app, runner.server)
+        loop = asyncio.get_running_loop()
+        # What TCPSite.start does, with the lane as the protocol factory.
+        await web.BaseSite.start(self)
+        self._server = await loop.create_server(
+            self.lane,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port
+
+    async def stop(self) -> None:
+        await super().stop()
+        if self.lane is not None:
+            self.lane.close_idle()
+
+
+class LaneProtocol(asyncio.Protocol):
+    """One connection while it stays in the lane."""
+
+    __slots__ = (
+        "_buf",
+        "_can_write",
+        "_eof",
+        "_last",
+        "_loop",
+        "_pending",
+        "_reading",
+        "_remote",
+        "_task",
+        "_timer",
+        "busy",
+        "lane",
+        "transport",
+    )
+
+    def __init__(self, lane: VoteLane) -> None:
+        self.lane = lane
+        self.transport: asyncio.Transport | None = None
+        self.busy = False  # answering a request (the next ones wait in the buffer)
+        self._loop = asyncio.get_running_loop()
+        self._buf = b""
+        self._last = 0.0  # loop time of the last byte received or answer written
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None  # the answer in flight (a strong reference)
+        self._pending: tuple[_Request, int] | None = None  # a request with its head in, and
+        # where its body starts
+        self._reading = True
+        self._can_write = True
+        self._eof = False
+        self._remote: str | None = None
+
+    # --- asyncio callbacks --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # a stream (TCP) transport
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if isinstance(peer, tuple) and peer else None
+        self.lane.connections.add(self)
+        self._last = self._loop.time()
+        if self.lane.keepalive > 0:
+            self._timer = self._loop.call_at(self._last + self.lane.keepalive, self._check_idle)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lane.connections.discard(self)
+        if self._pending is not None and not self.busy:  # its body never came
+            self._pending = None
+            self.lane.lifecycle.end()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buf += data
+        self._last = self._loop.time()
+        self._serve()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._serve()
+        return True  # the write side stays open for an answer in flight; _serve closes
+
+    def pause_writing(self) -> None:
+        self._can_write = False
+
+    def resume_writing(self) -> None:
+        self._can_write = True
+        self._serve()
+
+    # --- the lane -------------------------------------------------------------------------------
+
+    @property
+    def in_flight(self) -> bool:
+        """A request whose head has come in and that is not answered yet."""
+        return self._pending is not None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        """The keep-alive timer: close when nothing arrived for `http_keepalive_timeout`."""
+        self._timer = None
+        if self.transport is None:
+            return
+        due = self._last + self.lane.keepalive
+        if not self.busy and self._loop.time() >= due:
+            self.close()
+            return
+        self._timer = self._loop.call_at(max(due, self._loop.time() + 0.1), self._check_idle)
+
+    def _serve(self) -> None:
+        """Answer the next complete request in the buffer, hand over, or wait for more bytes;
+        then keep the buffer bounded: reading pauses while it holds more than one request."""
+        while not self.busy and self._can_write and self.transport is not None:
+            if self._pending is None and (self.lane.closing or (self._eof and not self._buf)):
+                self.close()  # nothing begun: draining, or the client is done
+                return
+            if not self._buf or not self._start_next():
+                break
+        transport = self.transport
+        if transport is None:
+            return
+        full = len(self._buf) > self.lane.max_head + self.lane.max_body
+        if full and self._reading:
+            transport.pause_reading()
+            self._reading = False
+        elif not full and not self._reading:
+            transport.resume_reading()
+            self._reading = True
+
+    def _start_next(self) -> bool:
+        """Start answering the request at the head of the buffer; False while it is incomplete
+        (or was handed over). From its complete head on, a request counts as in flight, as an
+        aiohttp handler does: draining waits for its body and answer."""
+        buf = self._buf
+        if self._pending is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > self.lane.max_head or not any(
+                    p.startswith(buf[: len(p)]) for p in _PREFIXES
+                ):
+                    self._hand_over()
+                elif self._eof:
+                    self.close()  # a partial head and no more to come
+                return False
+            request = self._parse(buf, end)
+            if request is None:
+                self._hand_over()
+                return False
+            self._pending = request, end + 4
+            self.lane.lifecycle.begin()
+        request, start = self._pending
+        stop = start + request.length
+        if len(buf) < stop:
+            if self._eof:
+                self.close()  # the body will never complete
+            return False
+        self._buf = buf[stop:]
+        self.busy = True
+        self._task = self._loop.create_task(self._answer(request, buf[start:stop]))
+        return True
+
+    def _hand_over(self) -> None:
+        """Give the connection, with everything it sent since the last answer, to aiohttp."""
+        transport = self.transport
+        if transport is None:
+            return
+        self.lane.connections.discard(self)
+        self.lane.handed_over += 1
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self.transport = None
+        protocol = self.lane.handler_factory()
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        if not self._reading:
+            transport.resume_reading()
+        data, self._buf = self._buf, b""
+        if data:
+            protocol.data_received(data)
+        if self._eof:
+            protocol.eof_received()
+
+    def _parse(self, buf: bytes, end: int) -> _Request | None:
+        """The request's parts when the lane may answer it; None to hand it over."""
+        head = buf[:end]
+        if not head.isascii():
+            return None
+        line_end = head.find(b"\r\n")
+        line = head if line_end < 0 else head[:line_end]
+        match = _REQUEST_LINE.fullmatch(line)
+        if match is None:
+            return None
+        fields: dict[bytes, bytes] = {}
+        if line_end >= 0:
+            for raw in head[line_end + 2 :].split(b"\r\n"):
+                name, colon, value = raw.partition(b":")
+                if not colon or not _FIELD_NAME.fullmatch(name):
+                    return None  # no colon, obs-fold, space before the colon, bare CR/LF
+                value = value.strip(b" \t")
+                if _BAD_VALUE.search(value):
+                    return None
+                name = name.lower()
+                if name in _READ:
+                    if name in fields:
+                        return None
+                    fields[name] = value
+                elif name in _HAND_OVER or (name == b"origin" and self.lane.cors):
+                    return None
+        length = fields.get(b"content-length")
+        if length is None or not _CONTENT_LENGTH.fullmatch(length):
+            return None
+        size = int(length)
+        if size > self.lane.max_body or fields.get(b"content-type", b"").lower() not in _JSON_TYPES:
+            return None
+        if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
+            return None
+        authorization = fields.get(b"authorization")
+        if authorization is None:
+            return None
+        return _Request(
+            method=match.group(1).decode(),
+            raw_id=match.group(2).decode(),
+            length=size,
+            authorization=authorization.decode(),
+            request_id=fields.get(b"x-request-id", b"").decode(),
+        )
+
+    async def _answer(self, request: _Request, body: bytes) -> None:
+        lane = self.lane
+        started = time.perf_counter()
+        try:
+            self._respond(request, *await _vote(lane, request, body), started)
+        finally:
+            self._pending = None
+            lane.lifecycle.end()
+            self.busy = False
+            self._task = None
+            self._last = self._loop.time()
+            self._serve()
+
+    def _respond(
+        self,
+        request: _Request,
+        status: int,
+        body: bytes,
+        fields: str,
+        voter: str | None,
+        started: float,
+    ) -> None:
+        lane = self.lane
+        rid = pick_request_id(request.request_id)
+        if self.transport is not None:
+            head = (
+                f"HTTP/1.1 {status} {_PHRASES[status]}\r\n"
+                f"{fields}{REQUEST_ID_HEADER}: {rid}\r\n"
+                f"Content-Length: {len(body)}\r\n"
+                f"Date: {lane.dates.now()}\r\n"
+                f"Server: {SERVER_SOFTWARE}\r\n"
+                f"{_COMMON}\r\n"
+            )
+            self.transport.write(head.encode() + body)
+        elapsed = time.perf_counter() - started
+        lane.answered += 1
+        lane.metrics.observe(ROUTE, request.method, status, elapsed)
+        if lane.access:
+            write_access(rid, request.method, ROUTE, status, elapsed, self._remote, voter)
+
+
+async def _vote(
+    lane: VoteLane, request: _Request, body: bytes
+) -> tuple[int, bytes, str, str | None]:
+    """(status, body, header lines, voter id) of the answer: the vote's, or the problem's."""
+    voter: str | None = None
+    try:
+        claims = voter_claims(lane.tokens, request.authorization)
+        voter = claims.sub
+        result = await cast_vote(lane.app, claims, request.raw_id, JSON, _returns(body))
+        return 200, encoder.encode(result), _JSON_FIELD, voter
+    except Exception as exc:
+        problem = problem_from(exc) or internal_error(
+            request.method, f"/features/{request.raw_id}/vote"
+        )
+        payload = problem.body
+        assert isinstance(payload, bytes)
+        fields = "".join(
+            f"{k}: {v}\r\n" for k, v in problem.headers.items() if k != "Content-Length"
+        )
+        return problem.status, payload, fields, voter
+
+
+class _Request:
+    __slots__ = ("authorization", "length", "method", "raw_id", "request_id")
+
+    def __init__(
+        self, *, method: str, raw_id: str, length: int, authorization: str, request_id: str
+    ) -> None:
+        self.method = method
+        self.raw_id = raw_id
+        self.length = length
+        self.authorization = authorization
+        self.request_id = request_id
+
+
+def _returns(body: bytes) -> Callable[[], Awaitable[bytes]]:
+    async def read() -> bytes:
+        return body
+
+    return read
