@@ -9,7 +9,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import chain, islice
 from typing import Final
 
 import msgspec
@@ -52,6 +52,35 @@ from .errors import FeatureClosed, IdempotencyConflict, NotFound, VotingClosed
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
 
+# The top order's index holds each key (down - up, -up, id) packed into one int,
+# (down - up) * 2^128 + (-up) * 2^64 + id, so a vote's remove + add in the sorted list compares
+# ints, not tuples. With -up in [-2^63, 2^63) and id in [0, 2^64) (far beyond any board) the int
+# order is the tuple order. Cursors keep the tuple form (sort_key, the API's contract):
+# _top_bound translates one into the index, _top_key makes one from a feature.
+_ID_MASK: Final = (1 << 64) - 1
+_NEG_UP_MIN: Final = -(1 << 63)
+_NEG_UP_MAX: Final = (1 << 63) - 1
+
+
+def _top_int(feature_id: int, up: int, down: int) -> int:
+    """sort_key(Sort.TOP, ...) packed into one int of the same order."""
+    return ((down - up) << 128) + ((-up) << 64) + feature_id
+
+
+def _top_bound(key: CursorKey) -> int:
+    """The packed form of the greatest valid key <= a top cursor key, whatever ints it holds:
+    the index's keys above it are exactly those whose tuple key is above the cursor."""
+    score, neg_up, feature_id = key
+    if feature_id < 0:
+        neg_up, feature_id = neg_up - 1, _ID_MASK
+    elif feature_id > _ID_MASK:
+        feature_id = _ID_MASK
+    if neg_up < _NEG_UP_MIN:
+        score, neg_up, feature_id = score - 1, _NEG_UP_MAX, _ID_MASK
+    elif neg_up > _NEG_UP_MAX:
+        neg_up, feature_id = _NEG_UP_MAX, _ID_MASK
+    return (score << 128) + (neg_up << 64) + feature_id
+
 
 @dataclass(slots=True)
 class _Record:
@@ -76,27 +105,6 @@ class _Record:
         )
 
 
-class _Index:
-    """Both orders of one scope (all features, or one status) as sorted keys."""
-
-    __slots__ = ("new", "top")
-
-    def __init__(self) -> None:
-        self.top: SortedList[CursorKey] = SortedList()
-        self.new: SortedList[CursorKey] = SortedList()
-
-    def add(self, rec: _Record) -> None:
-        self.top.add(sort_key(Sort.TOP, rec.id, rec.up, rec.down))
-        self.new.add(sort_key(Sort.NEW, rec.id, rec.up, rec.down))
-
-    def discard(self, rec: _Record) -> None:
-        self.top.remove(sort_key(Sort.TOP, rec.id, rec.up, rec.down))
-        self.new.remove(sort_key(Sort.NEW, rec.id, rec.up, rec.down))
-
-    def get(self, sort: Sort) -> SortedList[CursorKey]:
-        return self.top if sort is Sort.TOP else self.new
-
-
 class MemoryStore(Store):
     """One process's truth; lost on restart, not shared between instances (see ADR-002)."""
 
@@ -112,8 +120,18 @@ class MemoryStore(Store):
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock
         self._features: dict[int, _Record] = {}
-        self._all = _Index()
-        self._by_status = {status: _Index() for status in Status}
+        # sort=top: one sorted list of packed keys (_top_int) per status, each feature in its
+        # status's list only, so a vote moves one key in one list. A status's ranking is its
+        # list; the whole board's is the (at most five) lists merged from the cursor on, reading
+        # at most a page from each: O(log n + page) either way, never a walk past features of
+        # other statuses. These lists are only iterated (iter, irange), never indexed by
+        # position, so SortedList never builds its positional index, which every add and
+        # remove (every vote) would then have to update.
+        self._top: dict[Status, SortedList[int]] = {status: SortedList() for status in Status}
+        # sort=new (no vote moves it): (-id,) keys of the whole board and of each status.
+        self._new: SortedList[CursorKey] = SortedList()
+        self._new_by_status: dict[Status, SortedList[CursorKey]]
+        self._new_by_status = {status: SortedList() for status in Status}
         self._by_feature: dict[int, dict[str, int]] = {}
         self._by_voter: dict[str, dict[int, int]] = {}
         self._idempotency: OrderedDict[tuple[str, str], tuple[tuple[str, str], Feature, float]]
@@ -138,12 +156,39 @@ class MemoryStore(Store):
         return rec
 
     def _unindex(self, rec: _Record) -> None:
-        self._all.discard(rec)
-        self._by_status[rec.status].discard(rec)
+        self._top[rec.status].remove(_top_int(rec.id, rec.up, rec.down))
+        self._new.remove((-rec.id,))
+        self._new_by_status[rec.status].remove((-rec.id,))
 
     def _index(self, rec: _Record) -> None:
-        self._all.add(rec)
-        self._by_status[rec.status].add(rec)
+        self._top[rec.status].add(_top_int(rec.id, rec.up, rec.down))
+        self._new.add((-rec.id,))
+        self._new_by_status[rec.status].add((-rec.id,))
+
+    def _top_keys(
+        self, status: Status | None, after: CursorKey | None, count: int | None
+    ) -> list[int]:
+        """The first `count` (None: all) packed top keys of a scope after a cursor key, in order.
+
+        The whole board: the first `count` of each status's list, sorted together (the lists
+        are sorted runs, which sorted() merges in C, faster than heapq.merge in Python).
+        """
+        lists = [self._top[status]] if status is not None else [t for t in self._top.values() if t]
+        bound = None if after is None else _top_bound(after)
+        runs = [
+            iter(t) if bound is None else t.irange(minimum=bound, inclusive=(False, True))
+            for t in lists
+        ]
+        if len(runs) == 1:
+            return list(islice(runs[0], count))
+        return sorted(chain.from_iterable(islice(run, count) for run in runs))[:count]
+
+    def _top_key(self, rec: _Record) -> CursorKey:
+        return sort_key(Sort.TOP, rec.id, rec.up, rec.down)
+
+    def _ranking(self) -> list[Feature]:
+        """The whole board in top order."""
+        return [self._features[key & _ID_MASK].view() for key in self._top_keys(None, None, None)]
 
     def _changed(self) -> None:
         self._seq += 1
@@ -208,16 +253,20 @@ class MemoryStore(Store):
         after: CursorKey | None,
         audience: Audience = Audience.PUBLIC,
     ) -> Page:
-        index = self._all if status is None else self._by_status[status]
+        new = self._new if status is None else self._new_by_status[status]
         if hides_order(sort, self._board.results_hidden, audience):
-            return self._page_by_id(index, limit, after)
-        keys: Sequence[CursorKey]
-        keys = index.get(sort) if sort in (Sort.TOP, Sort.NEW) else self._ranked(sort, status)
+            return self._page_by_id(new, limit, after)
         if after is not None and len(after) != KEY_LENGTH[sort]:
             # A cursor made while results were hidden, i.e. (id,): go on after that feature's
             # place now, or from the start if it is gone (a live ranking moves anyway).
             rec = self._features.get(after[-1])
             after = None if rec is None else sort_key(sort, rec.id, rec.up, rec.down)
+        if sort is Sort.TOP:
+            found = self._top_keys(status, after, limit + 1)
+            recs = [self._features[key & _ID_MASK] for key in found[:limit]]
+            shown = [self._shown(r.view(), audience) for r in recs]
+            return Page(shown, self._top_key(recs[-1]) if len(found) > limit and recs else None)
+        keys: Sequence[CursorKey] = new if sort is Sort.NEW else self._ranked(sort, status)
         start = 0 if after is None else bisect.bisect_right(keys, after)
         page = list(islice(keys, start, start + limit))
         items = [self._features[-key[0] if sort is Sort.NEW else key[-1]].view() for key in page]
@@ -238,9 +287,11 @@ class MemoryStore(Store):
             self._orders[(sort, status)] = keys
         return keys
 
-    def _page_by_id(self, index: _Index, limit: int, after: CursorKey | None) -> Page:
-        """Id ascending with counts null: a ranked listing as a non-admin sees it while hidden."""
-        keys = index.new  # (-id,) ascending: id descending, read backwards here
+    def _page_by_id(self, keys: SortedList[CursorKey], limit: int, after: CursorKey | None) -> Page:
+        """Id ascending with counts null: a ranked listing as a non-admin sees it while hidden.
+
+        keys: the scope's sort=new keys, (-id,) ascending: id descending, read backwards here.
+        """
         stop = len(keys) if after is None else keys.bisect_left((-after[-1],))
         start = max(0, stop - limit)
         page = list(keys.islice(start, stop, reverse=True))
@@ -297,18 +348,17 @@ class MemoryStore(Store):
             votes = self._by_feature[feature_id]
             old = votes.get(voter, 0)
             if old != value:
-                # Only the top order depends on counts: move one key in two sorted lists.
-                old_key = sort_key(Sort.TOP, rec.id, rec.up, rec.down)
+                # Only the top order depends on counts: move one key in one sorted list.
+                old_key = _top_int(rec.id, rec.up, rec.down)
                 up_delta = (value > 0) - (old > 0)
                 down_delta = (value < 0) - (old < 0)
                 rec.up += up_delta
                 rec.down += down_delta
                 self._up += up_delta
                 self._down += down_delta
-                new_key = sort_key(Sort.TOP, rec.id, rec.up, rec.down)
-                for top in (self._all.top, self._by_status[rec.status].top):
-                    top.remove(old_key)
-                    top.add(new_key)
+                top = self._top[rec.status]
+                top.remove(old_key)
+                top.add(_top_int(rec.id, rec.up, rec.down))
                 if value:
                     votes[voter] = value
                     self._by_voter.setdefault(voter, {})[feature_id] = value
@@ -337,7 +387,8 @@ class MemoryStore(Store):
     def _build_stats(self) -> tuple[StatsView, StatsView]:
         """Both audiences' views of this seq; one shared view unless results are hidden."""
         seq, board = self._seq, self._board
-        top = [self._features[key[-1]].view() for key in self._all.top.islice(0, self._top_n)]
+        first = self._top_keys(None, None, self._top_n)
+        top = [self._features[key & _ID_MASK].view() for key in first]
         stats = Stats(
             seq=seq,
             total_features=len(self._features),
@@ -352,10 +403,10 @@ class MemoryStore(Store):
         if not board.results_hidden:
             view = StatsView(seq, encoder.encode(stats), etag_for(seq))
             return view, view
-        new = self._all.new  # the first top_n by id ascending: the end of the id-desc order
-        first = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
+        new = self._new  # the first top_n by id ascending: the end of the id-desc order
+        by_id = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
         hidden = msgspec.structs.replace(
-            stats, up=None, down=None, top=[masked(self._features[-k[0]].view()) for k in first]
+            stats, up=None, down=None, top=[masked(self._features[-k[0]].view()) for k in by_id]
         )
         return (
             StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
@@ -383,7 +434,7 @@ class MemoryStore(Store):
     async def reset_board(self) -> Board:
         async with self._lock:
             board = self._board
-            standings = [self._features[key[-1]].view() for key in self._all.top]
+            standings = self._ranking()
             summary = RoundSummary(
                 round=board.round,
                 title=board.title,
@@ -413,7 +464,7 @@ class MemoryStore(Store):
     ) -> Standings:
         board = self._board
         if round_no is None or round_no == board.round:
-            features = [self._features[key[-1]].view() for key in self._all.top]
+            features = self._ranking()
             if hides(board.results_hidden, audience):
                 features = public_standings(features)
             return Standings(
