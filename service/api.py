@@ -329,7 +329,7 @@ async def cast_vote(
     result = await app[keys.STORE].set_vote(
         claims.sub, fid, vote.value, audience=audience_for(claims)
     )
-    app[keys.METRICS].votes.labels("vote").inc()
+    app[keys.METRICS].votes_set.inc()
     return result
 
 
@@ -341,7 +341,7 @@ async def retract_vote(request: web.Request) -> web.Response:
     result = await request.app[keys.STORE].set_vote(
         claims.sub, feature_id(request), 0, audience=audience_for(claims)
     )
-    request.app[keys.METRICS].votes.labels("retract").inc()
+    request.app[keys.METRICS].votes_retracted.inc()
     return json_response(result)
 
 

@@ -65,6 +65,8 @@ class Metrics:
         self.votes = Counter(
             "fv_votes", "Vote requests applied", ["action"], registry=self.registry
         )
+        self.votes_set = self.votes.labels("vote")  # the children, looked up once
+        self.votes_retracted = self.votes.labels("retract")
         self.features = Counter(
             "fv_features", "Feature changes applied", ["action"], registry=self.registry
         )

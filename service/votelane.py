@@ -47,10 +47,17 @@ from .security import COMMON_HEADERS
 
 ROUTE: Final = "/features/{id}/vote"
 _PREFIXES: Final = (b"PUT /features/", b"POST /features/")
-_REQUEST_LINE: Final = re.compile(rb"(PUT|POST) /features/([0-9]{1,20})/vote HTTP/1\.1")
-_FIELD_NAME: Final = re.compile(rb"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
-# Field values: visible ASCII, space and tab only (the head is checked to be ASCII first).
-_BAD_VALUE: Final = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# The whole head, when the lane may read it: the request line of a vote, then field lines of a
+# token name, a colon and a value of visible ASCII, spaces and tabs (no obs-fold, no bare CR or
+# LF, no space before the colon, nothing outside ASCII), each ending in CRLF.
+_HEAD: Final = re.compile(
+    rb"(PUT|POST) /features/([0-9]{1,20})/vote HTTP/1\.1\r\n"
+    rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*)"
+)
+# What a head still arriving may hold so far: lines of visible ASCII, spaces and tabs ending in
+# CRLF, the last one perhaps unfinished. Anything else (a bare LF, say) cannot become a head the
+# lane reads, and goes to aiohttp's parser at once instead of waiting for a CRLF CRLF.
+_PARTIAL_HEAD: Final = re.compile(rb"(?:[\t\x20-\x7e]*\r\n)*[\t\x20-\x7e]*\r?")
 _CONTENT_LENGTH: Final = re.compile(rb"[0-9]{1,10}")
 _JSON_TYPES: Final = frozenset({b"application/json", b"application/json; charset=utf-8"})
 # Headers whose presence sends the request to aiohttp: they change framing or meaning.
@@ -272,8 +279,10 @@ class LaneProtocol(asyncio.Protocol):
         if self._pending is None:
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > self.lane.max_head or not any(
-                    p.startswith(buf[: len(p)]) for p in _PREFIXES
+                if (
+                    len(buf) > self.lane.max_head
+                    or not any(p.startswith(buf[: len(p)]) for p in _PREFIXES)
+                    or not _PARTIAL_HEAD.fullmatch(buf)
                 ):
                     self._hand_over()
                 elif self._eof:
@@ -320,30 +329,20 @@ class LaneProtocol(asyncio.Protocol):
 
     def _parse(self, buf: bytes, end: int) -> _Request | None:
         """The request's parts when the lane may answer it; None to hand it over."""
-        head = buf[:end]
-        if not head.isascii():
-            return None
-        line_end = head.find(b"\r\n")
-        line = head if line_end < 0 else head[:line_end]
-        match = _REQUEST_LINE.fullmatch(line)
+        match = _HEAD.fullmatch(buf, 0, end + 2)
         if match is None:
             return None
         fields: dict[bytes, bytes] = {}
-        if line_end >= 0:
-            for raw in head[line_end + 2 :].split(b"\r\n"):
-                name, colon, value = raw.partition(b":")
-                if not colon or not _FIELD_NAME.fullmatch(name):
-                    return None  # no colon, obs-fold, space before the colon, bare CR/LF
-                value = value.strip(b" \t")
-                if _BAD_VALUE.search(value):
+        for line in match.group(3).split(b"\r\n")[:-1]:
+            name, _, value = line.partition(b":")  # (a token name holds no colon)
+            value = value.strip(b" \t")
+            name = name.lower()
+            if name in _READ:
+                if name in fields:
                     return None
-                name = name.lower()
-                if name in _READ:
-                    if name in fields:
-                        return None
-                    fields[name] = value
-                elif name in _HAND_OVER or (name == b"origin" and self.lane.cors):
-                    return None
+                fields[name] = value
+            elif name in _HAND_OVER or (name == b"origin" and self.lane.cors):
+                return None
         length = fields.get(b"content-length")
         if length is None or not _CONTENT_LENGTH.fullmatch(length):
             return None

@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import logging
+import logging.handlers
 import os
 import re
 import socket
@@ -13,15 +14,20 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 
 import pytest
 
+from service import logs
 from service.logs import (
     SHOWS_TOKEN,
     BatchingStreamHandler,
     JsonFormatter,
     TextFormatter,
+    access_log,
+    setup_logging,
     voter_hash,
+    write_access,
 )
 
 from .browser import ROOT, free_port
@@ -176,3 +182,65 @@ def test_no_token_or_secret_in_a_served_process_log() -> None:
     assert TEST_SECRET not in err.decode()
     assert token not in err.decode(), "a token leaked into the log"
     assert all(e["route"] != "/features?token=" + token for e in entries if "route" in e)
+
+
+@pytest.fixture
+def only_our_handler() -> Iterator[tuple[BatchingStreamHandler, CountingStream]]:
+    """Logging as `setup_logging` leaves it in a served process: one JSON handler on the root
+    (the test run's own handlers taken off for the duration)."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, access_log.level
+    stream = CountingStream()
+    setup_logging("info", "json")
+    (handler,) = root.handlers
+    assert isinstance(handler, BatchingStreamHandler)
+    handler.setStream(stream)
+    access_log.setLevel(logging.NOTSET)
+    try:
+        assert logs._json_sink() is handler  # the direct path is open
+        yield handler, stream
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        access_log.setLevel(saved[2])
+
+
+def test_the_direct_access_line_equals_the_record_line(
+    only_our_handler: tuple[BatchingStreamHandler, CountingStream],
+) -> None:
+    """write_access formats the line itself when our handler is the only one; the line is the
+    one a LogRecord through that handler gives (a filter on the logger forces that path)."""
+    handler, stream = only_our_handler
+    args = ("rid-1", "PUT", "/features/{id}/vote", 200, 0.00123, "127.0.0.1", "voter-a")
+    write_access(*args)
+    handler.flush()
+    access_log.addFilter(logging.Filter())  # another filter on the way: the record path
+    try:
+        write_access(*args)
+        handler.flush()
+    finally:
+        access_log.filters.clear()
+    direct, recorded = (json.loads(line) for line in stream.getvalue().splitlines())
+    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
+    assert stamp.match(direct.pop("ts")) and stamp.match(recorded.pop("ts"))
+    assert list(direct) == list(recorded) and direct == recorded
+    assert direct["voter"] == voter_hash("voter-a")
+    assert direct["msg"] == "PUT /features/{id}/vote 200"
+
+
+def test_the_direct_access_line_masks_tokens_and_steps_aside_for_other_handlers(
+    only_our_handler: tuple[BatchingStreamHandler, CountingStream],
+) -> None:
+    handler, stream = only_our_handler
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    write_access(token, "PUT", "/features/{id}/vote", 401, 0.001, "127.0.0.1", None)
+    handler.flush()
+    assert token not in stream.getvalue() and "<token>" in stream.getvalue()
+    extra = logging.handlers.BufferingHandler(10)
+    logging.getLogger("service").addHandler(extra)
+    try:
+        write_access("rid-2", "PUT", "/features/{id}/vote", 200, 0.001, "127.0.0.1", None)
+    finally:
+        logging.getLogger("service").removeHandler(extra)
+    assert [r.request_id for r in extra.buffer] == ["rid-2"]  # type: ignore[attr-defined]
+    handler.flush()
+    assert stream.getvalue().count("\n") == 2  # and our handler got it through the record too

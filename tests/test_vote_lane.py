@@ -226,6 +226,24 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
             False,
         ),
         ("expect", vote_request(path, token=v, headers={"Expect": "100-continue"}), False),
+        (
+            "tab and spaces around a value",
+            vote_request(path, token=v, headers={"X-A": "\t b \t"}),
+            True,
+        ),
+        ("empty value", vote_request(path, token=v, headers={"X-A": ""}), True),
+        (
+            "bare LF",
+            vote_request(path, token=v, headers={"X-A": "1"}).replace(b"X-A: 1\r\n", b"X-A: 1\n"),
+            False,
+        ),
+        ("obs-fold", vote_request(path, token=v, headers={"X-A": "1\r\n 2"}), False),
+        ("DEL in a value", vote_request(path, token=v, headers={"X-A": "a\x7fb"}), False),
+        (
+            "line without colon",
+            vote_request(path, token=v, headers={"X-A": "1"}).replace(b"X-A: 1", b"X-A 1"),
+            False,
+        ),
     ]
 
 
