@@ -44,7 +44,7 @@ from .schemas import (
     feature_patch_decoder,
     vote_decoder,
 )
-from .store import Audience, CursorKey
+from .store import Audience, CursorKey, StatsView
 from .store.base import HIDDEN_KEY_LENGTH, KEY_LENGTH
 
 JSON: Final = "application/json"
@@ -91,16 +91,20 @@ def client_of(request: web.Request) -> str:
 
 
 def audience_of(request: web.Request) -> Audience:
-    """ADMIN for a valid admin token; anyone else (no, bad or voter token) reads as PUBLIC.
+    """ADMIN for a valid admin token; anyone else (no, bad or voter token) reads as PUBLIC."""
+    return audience_from(request.app[keys.TOKENS], request.headers.get("Authorization"))
+
+
+def audience_from(tokens: Tokens, authorization: str | None) -> Audience:
+    """audience_of an Authorization header.
 
     Public reads never fail on a token: one that is not a valid admin token just gets the view
     everyone gets (with hidden results: no numbers).
     """
-    header = request.headers.get("Authorization")
-    if not header:
+    if not authorization:
         return Audience.PUBLIC
     try:
-        claims = request.app[keys.TOKENS].verify(bearer_token(header))
+        claims = tokens.verify(bearer_token(authorization))
     except (TokenMissing, TokenInvalid):
         return Audience.PUBLIC
     return audience_for(claims)
@@ -172,13 +176,21 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
 @routes.get("/features/stats")
 @routes.get("/stats")
 async def stats(request: web.Request) -> web.Response:
-    view = await request.app[keys.STORE].stats(audience_of(request))
-    # The ETag names the audience whenever the audiences' bodies differ, so an admin's tag never
-    # earns a public reader a 304 (etag_for).
-    headers = {"ETag": view.etag, "Cache-Control": "no-cache", **VARY_AUTH}
+    view, headers = await stats_view(request.app, request.headers.get("Authorization"))
     if etag_matches(request.headers.get("If-None-Match"), view.etag):
         return web.Response(status=304, headers=headers)
     return web.Response(body=view.body, content_type=JSON, headers=headers)
+
+
+async def stats_view(
+    app: web.Application, authorization: str | None
+) -> tuple[StatsView, dict[str, str]]:
+    """The stats the caller may see and the headers of their answer (this module's handler and
+    service/votelane.py alike)."""
+    view = await app[keys.STORE].stats(audience_from(app[keys.TOKENS], authorization))
+    # The ETag names the audience whenever the audiences' bodies differ, so an admin's tag never
+    # earns a public reader a 304 (etag_for).
+    return view, {"ETag": view.etag, "Cache-Control": "no-cache", **VARY_AUTH}
 
 
 # --- features -----------------------------------------------------------------------------------

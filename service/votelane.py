@@ -1,33 +1,33 @@
-"""The vote lane: `PUT`/`POST /features/{id}/vote` answered without aiohttp's per-request layers.
+"""The vote lane: votes and stats reads answered without aiohttp's per-request layers.
 
 A vote is the one request a live room sends in bursts, and most of its cost in aiohttp is the
 generic machinery around it (request and response objects, routing, middlewares, signals), not
 the vote. Every connection of the instance starts in this lane. A request that is exactly what
-the lane knows is answered here, by the same code the aiohttp handler runs (`api.cast_vote`,
-the token cache, the rate limits, the store), with the same answer, headers, metrics and access
-line:
+the lane knows is answered here, by the same code the aiohttp handlers run (`api.cast_vote`,
+`api.stats_view`, the token cache, the rate limits, the store), with the same answer, headers,
+metrics and access line:
 
-    HTTP/1.1, PUT or POST, the path /features/<digits>/vote with no query, one Content-Length
-    within `max_body_size`, a JSON Content-Type, one Authorization header, and none of the
-    headers that change framing or meaning (Transfer-Encoding, Expect, Upgrade, a Connection
-    other than keep-alive, Origin when CORS is on); the head ASCII, well formed, within
-    `max_header_size`.
+    HTTP/1.1 PUT or POST /features/<digits>/vote with one Content-Length within
+    `max_body_size`, a JSON Content-Type and one Authorization header; or HTTP/1.1
+    GET /features/stats (or /stats) without a body; no query, none of the headers that change
+    framing or meaning (Transfer-Encoding, Expect, Upgrade, TE, a Connection other than
+    keep-alive, Origin when CORS is on); the head ASCII, well formed, within `max_header_size`.
 
 Anything else — another route, a browser, a WebSocket upgrade, an odd or malformed request — is
 handed over, with the bytes already read, to an aiohttp protocol for the rest of the connection
 (`transport.set_protocol`), before the lane has acted on that request. aiohttp then answers it
 exactly as without the lane (its 400s, 404s, 413s, 415s). So the lane is an optimisation that
-never decides a response of its own except the vote's, and `vote_lane = false` turns it off.
+never decides an answer aiohttp would give differently, and `vote_lane = false` turns it off.
 
 Requests on one connection are answered in order, one at a time (pipelined ones wait in the
 buffer, which stops reading when it grows past one head and body). An idle connection closes
-after `http_keepalive_timeout`, as aiohttp's do; draining closes idle ones and lets a vote in
-flight finish.
-"""
+after `http_keepalive_timeout`, as aiohttp's do; draining closes idle ones and lets a request in
+flight (its head in) finish. See ADR-009."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -39,19 +39,27 @@ from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
 
 from . import keys
-from .api import JSON, cast_vote, voter_claims
+from .api import JSON, cast_vote, etag_matches, stats_view, voter_claims
 from .errors import internal_error, problem_from
 from .logs import REQUEST_ID_HEADER, pick_request_id, write_access
 from .schemas import encoder
 from .security import COMMON_HEADERS
 
-ROUTE: Final = "/features/{id}/vote"
-_PREFIXES: Final = (b"PUT /features/", b"POST /features/")
-# The whole head, when the lane may read it: the request line of a vote, then field lines of a
-# token name, a colon and a value of visible ASCII, spaces and tabs (no obs-fold, no bare CR or
-# LF, no space before the colon, nothing outside ASCII), each ending in CRLF.
+log = logging.getLogger(__name__)
+
+VOTE_ROUTE: Final = "/features/{id}/vote"
+_PREFIXES: Final = (
+    b"PUT /features/",
+    b"POST /features/",
+    b"GET /features/stats ",
+    b"GET /stats ",
+)
+# The whole head, when the lane may read it: the request line of a vote or a stats read, then
+# field lines of a token name, a colon and a value of visible ASCII, spaces and tabs (no
+# obs-fold, no bare CR or LF, no space before the colon, nothing outside ASCII), each ending in
+# CRLF. Groups: the vote's method and feature id, or the stats path; the field lines.
 _HEAD: Final = re.compile(
-    rb"(PUT|POST) /features/([0-9]{1,20})/vote HTTP/1\.1\r\n"
+    rb"(?:(PUT|POST) /features/([0-9]{1,20})/vote|GET (/features/stats|/stats)) HTTP/1\.1\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*)"
 )
 # What a head still arriving may hold so far: lines of visible ASCII, spaces and tabs ending in
@@ -64,7 +72,14 @@ _JSON_TYPES: Final = frozenset({b"application/json", b"application/json; charset
 _HAND_OVER: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"te"})
 # Headers the lane reads; each at most once.
 _READ: Final = frozenset(
-    {b"content-length", b"content-type", b"authorization", b"connection", b"x-request-id"}
+    {
+        b"content-length",
+        b"content-type",
+        b"authorization",
+        b"connection",
+        b"x-request-id",
+        b"if-none-match",
+    }
 )
 _COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
 _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
@@ -288,7 +303,11 @@ class LaneProtocol(asyncio.Protocol):
                 elif self._eof:
                     self.close()  # a partial head and no more to come
                 return False
-            request = self._parse(buf, end)
+            try:
+                request = self._parse(buf, end)
+            except Exception:  # a bug here must not cost the client its answer: aiohttp gives it
+                log.exception("vote lane: could not read a request head; handed to aiohttp")
+                request = None
             if request is None:
                 self._hand_over()
                 return False
@@ -333,7 +352,7 @@ class LaneProtocol(asyncio.Protocol):
         if match is None:
             return None
         fields: dict[bytes, bytes] = {}
-        for line in match.group(3).split(b"\r\n")[:-1]:
+        for line in match.group(4).split(b"\r\n")[:-1]:
             name, _, value = line.partition(b":")  # (a token name holds no colon)
             value = value.strip(b" \t")
             name = name.lower()
@@ -343,30 +362,48 @@ class LaneProtocol(asyncio.Protocol):
                 fields[name] = value
             elif name in _HAND_OVER or (name == b"origin" and self.lane.cors):
                 return None
+        if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
+            return None
         length = fields.get(b"content-length")
-        if length is None or not _CONTENT_LENGTH.fullmatch(length):
+        authorization = fields.get(b"authorization")
+        request_id = fields.get(b"x-request-id", b"").decode()
+        stats_path = match.group(3)
+        if stats_path is not None:  # GET: no body
+            if length not in (None, b"0"):
+                return None
+            if_none_match = fields.get(b"if-none-match")
+            return _Request(
+                method="GET",
+                route=stats_path.decode(),
+                raw_id=None,
+                length=0,
+                authorization=None if authorization is None else authorization.decode(),
+                request_id=request_id,
+                if_none_match=None if if_none_match is None else if_none_match.decode(),
+            )
+        if length is None or not _CONTENT_LENGTH.fullmatch(length) or authorization is None:
             return None
         size = int(length)
         if size > self.lane.max_body or fields.get(b"content-type", b"").lower() not in _JSON_TYPES:
             return None
-        if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
-            return None
-        authorization = fields.get(b"authorization")
-        if authorization is None:
-            return None
         return _Request(
             method=match.group(1).decode(),
+            route=VOTE_ROUTE,
             raw_id=match.group(2).decode(),
             length=size,
             authorization=authorization.decode(),
-            request_id=fields.get(b"x-request-id", b"").decode(),
+            request_id=request_id,
+            if_none_match=None,
         )
 
     async def _answer(self, request: _Request, body: bytes) -> None:
         lane = self.lane
         started = time.perf_counter()
         try:
-            self._respond(request, *await _vote(lane, request, body), started)
+            answer = (
+                _vote(lane, request, body) if request.raw_id is not None else _stats(lane, request)
+            )
+            self._respond(request, *await answer, started)
         finally:
             self._pending = None
             lane.lifecycle.end()
@@ -387,10 +424,10 @@ class LaneProtocol(asyncio.Protocol):
         lane = self.lane
         rid = pick_request_id(request.request_id)
         if self.transport is not None:
+            length = "" if status == 304 else f"Content-Length: {len(body)}\r\n"
             head = (
                 f"HTTP/1.1 {status} {_PHRASES[status]}\r\n"
-                f"{fields}{REQUEST_ID_HEADER}: {rid}\r\n"
-                f"Content-Length: {len(body)}\r\n"
+                f"{fields}{REQUEST_ID_HEADER}: {rid}\r\n{length}"
                 f"Date: {lane.dates.now()}\r\n"
                 f"Server: {SERVER_SOFTWARE}\r\n"
                 f"{_COMMON}\r\n"
@@ -398,44 +435,76 @@ class LaneProtocol(asyncio.Protocol):
             self.transport.write(head.encode() + body)
         elapsed = time.perf_counter() - started
         lane.answered += 1
-        lane.metrics.observe(ROUTE, request.method, status, elapsed)
+        lane.metrics.observe(request.route, request.method, status, elapsed)
         if lane.access:
-            write_access(rid, request.method, ROUTE, status, elapsed, self._remote, voter)
+            write_access(rid, request.method, request.route, status, elapsed, self._remote, voter)
 
 
-async def _vote(
-    lane: VoteLane, request: _Request, body: bytes
-) -> tuple[int, bytes, str, str | None]:
-    """(status, body, header lines, voter id) of the answer: the vote's, or the problem's."""
+_Answer = tuple[int, bytes, str, str | None]  # status, body, header lines, voter id (logged)
+
+
+async def _vote(lane: VoteLane, request: _Request, body: bytes) -> _Answer:
+    """The vote's answer, or the problem's."""
     voter: str | None = None
     try:
+        assert request.raw_id is not None and request.authorization is not None
         claims = voter_claims(lane.tokens, request.authorization)
         voter = claims.sub
         result = await cast_vote(lane.app, claims, request.raw_id, JSON, _returns(body))
         return 200, encoder.encode(result), _JSON_FIELD, voter
     except Exception as exc:
-        problem = problem_from(exc) or internal_error(
-            request.method, f"/features/{request.raw_id}/vote"
-        )
-        payload = problem.body
-        assert isinstance(payload, bytes)
-        fields = "".join(
-            f"{k}: {v}\r\n" for k, v in problem.headers.items() if k != "Content-Length"
-        )
-        return problem.status, payload, fields, voter
+        return _problem(exc, request, f"/features/{request.raw_id}/vote", voter)
+
+
+async def _stats(lane: VoteLane, request: _Request) -> _Answer:
+    """The stats the caller may see (304 when their ETag is current), or the problem."""
+    try:
+        view, headers = await stats_view(lane.app, request.authorization)
+    except Exception as exc:
+        return _problem(exc, request, request.route, None)
+    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    if etag_matches(request.if_none_match, view.etag):
+        return 304, b"", fields, None
+    return 200, view.body, _JSON_FIELD + fields, None
+
+
+def _problem(exc: Exception, request: _Request, path: str, voter: str | None) -> _Answer:
+    problem = problem_from(exc) or internal_error(request.method, path)
+    payload = problem.body
+    assert isinstance(payload, bytes)
+    fields = "".join(f"{k}: {v}\r\n" for k, v in problem.headers.items() if k != "Content-Length")
+    return problem.status, payload, fields, voter
 
 
 class _Request:
-    __slots__ = ("authorization", "length", "method", "raw_id", "request_id")
+    __slots__ = (
+        "authorization",
+        "if_none_match",
+        "length",
+        "method",
+        "raw_id",
+        "request_id",
+        "route",
+    )
 
     def __init__(
-        self, *, method: str, raw_id: str, length: int, authorization: str, request_id: str
+        self,
+        *,
+        method: str,
+        route: str,
+        raw_id: str | None,
+        length: int,
+        authorization: str | None,
+        request_id: str,
+        if_none_match: str | None,
     ) -> None:
         self.method = method
-        self.raw_id = raw_id
+        self.route = route  # the route template, as metrics and the access line name it
+        self.raw_id = raw_id  # a vote's feature id; None for a stats read
         self.length = length
         self.authorization = authorization
         self.request_id = request_id
+        self.if_none_match = if_none_match
 
 
 def _returns(body: bytes) -> Callable[[], Awaitable[bytes]]:

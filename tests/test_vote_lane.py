@@ -52,8 +52,8 @@ class Answer:
         return self.status_line, fixed, self.body
 
 
-async def read_answer(reader: asyncio.StreamReader) -> Answer:
-    """The next final answer (an interim 100 Continue is skipped)."""
+async def read_answer(reader: asyncio.StreamReader, body: bool = True) -> Answer:
+    """The next final answer (an interim 100 Continue is skipped); `body=False` for HEAD."""
     head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     while head.startswith(b"HTTP/1.1 1"):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
@@ -63,7 +63,7 @@ async def read_answer(reader: asyncio.StreamReader) -> Answer:
     ]
     answer = Answer(lines[0], headers, b"")
     length = answer.header("Content-Length")
-    if length is not None:
+    if length is not None and body:
         answer.body = await asyncio.wait_for(reader.readexactly(int(length)), 5)
     return answer
 
@@ -79,7 +79,8 @@ async def exchange(port: int, raw: bytes, answers: int = 1) -> list[Answer]:
     reader, writer = await asyncio.open_connection(HOST, port)
     try:
         writer.write(raw)
-        return [await read_answer(reader) for _ in range(answers)]
+        body = not raw.startswith(b"HEAD ")
+        return [await read_answer(reader, body) for _ in range(answers)]
     finally:
         writer.close()
 
@@ -120,6 +121,7 @@ async def serve_both(settings: Settings) -> tuple[web.AppRunner, Served]:
     ):
         assert resp.status == 201
         feature = (await resp.json())["id"]
+    etag = (await app[keys.STORE].stats()).etag
     served = Served(
         app,
         lane_site.port,
@@ -128,6 +130,7 @@ async def serve_both(settings: Settings) -> tuple[web.AppRunner, Served]:
         feature,
         tokens.issue(Role.VOTER)[0],
         admin,
+        {"etag": etag},
     )
     return runner, served
 
@@ -159,9 +162,21 @@ def vote_request(
     return f"{method} {path} {version}\r\n{head}\r\n".encode() + body
 
 
+def get_request(
+    path: str,
+    headers: dict[str, str] | None = None,
+    *,
+    method: str = "GET",
+    version: str = "HTTP/1.1",
+) -> bytes:
+    fields = {"Host": "votes.test", "Accept": "*/*", **(headers or {})}
+    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    return f"{method} {path} {version}\r\n{head}\r\n".encode()
+
+
 # (name, request builder, does the lane answer it itself?)
 def cases(s: Served) -> list[tuple[str, bytes, bool]]:
-    f, v = s.feature, s.voter
+    f, v, etag = s.feature, s.voter, s.extra.get("etag", '"?"')
     path = f"/features/{f}/vote"
     return [
         ("vote up", vote_request(path, token=v), True),
@@ -226,6 +241,27 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
             False,
         ),
         ("expect", vote_request(path, token=v, headers={"Expect": "100-continue"}), False),
+        ("stats", get_request("/features/stats"), True),
+        ("stats at /stats", get_request("/stats"), True),
+        ("stats, current ETag", get_request("/features/stats", {"If-None-Match": etag}), True),
+        ("stats, a list of ETags", get_request("/stats", {"If-None-Match": f'"x", {etag}'}), True),
+        ("stats, old ETag", get_request("/features/stats", {"If-None-Match": 'W/"0"'}), True),
+        (
+            "stats as admin",
+            get_request("/features/stats", {"Authorization": f"Bearer {s.admin}"}),
+            True,
+        ),
+        ("stats, junk token", get_request("/features/stats", {"Authorization": "Bearer x"}), True),
+        ("stats, empty body", get_request("/features/stats", {"Content-Length": "0"}), True),
+        (
+            "stats with a body",
+            get_request("/features/stats", {"Content-Length": "2"}) + b"{}",
+            False,
+        ),
+        ("stats with a query", get_request("/features/stats?x=1"), False),
+        ("HEAD stats", get_request("/features/stats", method="HEAD"), False),
+        ("stats below", get_request("/stats/x"), False),
+        ("stats, HTTP/1.0", get_request("/stats", version="HTTP/1.0"), False),
         (
             "tab and spaces around a value",
             vote_request(path, token=v, headers={"X-A": "\t b \t"}),
@@ -280,17 +316,19 @@ async def test_the_vote_counts_once_and_shows_in_stats(served: Served) -> None:
 
 
 async def test_keep_alive_pipelining_and_hand_over_keep_the_order(served: Served) -> None:
-    """Three votes in one write, then a GET on the same connection: four answers in order; the
-    votes from the lane, the GET from aiohttp after the hand-over."""
+    """Three votes, a stats read and a feature read in one write: five answers in order; the
+    votes and the stats from the lane, the feature from aiohttp after the hand-over."""
     path = f"/features/{served.feature}/vote"
     tokens = [served.token() for _ in range(3)]
     raw = b"".join(vote_request(path, token=t) for t in tokens)
     raw += b"GET /features/stats HTTP/1.1\r\nHost: t\r\n\r\n"
-    answers = await exchange(served.lane_port, raw, answers=4)
-    assert [a.status for a in answers] == [200, 200, 200, 200]
+    raw += f"GET /features/{served.feature} HTTP/1.1\r\nHost: t\r\n\r\n".encode()
+    answers = await exchange(served.lane_port, raw, answers=5)
+    assert [a.status for a in answers] == [200] * 5
     assert [json.loads(a.body)["up"] for a in answers[:3]] == [1, 2, 3]
     assert json.loads(answers[3].body)["total_votes"] == 3
-    assert (served.lane.answered, served.lane.handed_over) == (3, 1)
+    assert json.loads(answers[4].body)["up"] == 3
+    assert (served.lane.answered, served.lane.handed_over) == (4, 1)
 
 
 async def test_a_request_arriving_byte_by_byte_is_answered(served: Served) -> None:
@@ -575,9 +613,13 @@ def test_python_m_service_serves_votes_in_the_lane_unless_turned_off(
                 assert json.loads(stream.read(length))["value"] == value
             sock.sendall(b"GET /features/stats HTTP/1.1\r\nHost: t\r\n\r\n")
             assert stream.readline().startswith(b"HTTP/1.1 200")
+            while stream.readline() != b"\r\n":
+                pass
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: t\r\n\r\n")  # (stats unread)
+            assert b"HTTP/1.1 200" in stream.read1(65536) + stream.read1(65536)
         metrics = http("GET", srv.url + "/metrics").body.decode()
     answered = re.search(r"^fv_vote_lane_answered_total (\S+)$", metrics, re.M)
     assert answered is not None, metrics
-    assert float(answered.group(1)) == (3.0 if lane == "true" else 0.0)
+    assert float(answered.group(1)) == (4.0 if lane == "true" else 0.0)  # 3 votes, 1 stats
     votes = re.search(r'^fv_votes_total\{action="vote"\} (\S+)$', metrics, re.M)
     assert votes is not None and float(votes.group(1)) == 3.0
