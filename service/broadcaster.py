@@ -198,6 +198,7 @@ class Broadcaster:
         self._wake.set()
 
     async def _run(self) -> None:
+        next_push = 0.0  # the clock before which no push starts (push_interval after the last)
         while True:
             if self._behind:
                 # Someone is behind: look again soon even when nothing changes.
@@ -205,8 +206,15 @@ class Broadcaster:
                     await asyncio.wait_for(self._wake.wait(), self._limits.push_interval * 5)
             else:
                 await self._wake.wait()
+            # Leading edge: a change after a quiet spell is pushed at once; one within the
+            # interval waits out its rest (and changes meanwhile ride along). Waiting here, not
+            # after each push, spares a timer and a wake-up per change when changes are sparse.
+            delay = next_push - self._clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
             self._wake.clear()
             started = self._clock()
+            next_push = started + self._limits.push_interval
             try:
                 await self._push()
             except Exception:
@@ -217,9 +225,6 @@ class Broadcaster:
                     raise asyncio.CancelledError from None
                 log.exception("push failed; retrying on the next change")
                 self._dirty = True
-            # Leading edge: the first change is pushed at once; later ones wait out the rest of
-            # the interval (the push itself took part of it).
-            await asyncio.sleep(max(0.0, self._limits.push_interval - (self._clock() - started)))
 
     async def _push(self) -> None:
         if self._dirty:

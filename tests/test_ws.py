@@ -31,7 +31,7 @@ from aiohttp import ClientSession, ClientWebSocketResponse, TCPConnector, WSMsgT
 
 from service.app import create_app
 from service.auth import Role
-from service.keys import BROADCASTER, TOKENS
+from service.keys import BROADCASTER, METRICS, TOKENS
 
 from .conftest import AiohttpClient, Client, bearer, create_feature, make_settings, stats
 from .log_capture import log_path
@@ -714,6 +714,39 @@ async def test_snapshot_is_current_even_inside_the_push_interval(
         now = await stats(client)
         assert first["seq"] == now["seq"], "the first message was not the current stats"
         assert without_generated_at(first["stats"]) == without_generated_at(now)
+
+
+async def test_pushes_are_leading_edge_and_at_most_one_per_interval(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """After a quiet spell a change is pushed at once (well inside push_interval); a burst
+    within the interval costs one more push, which carries its last change."""
+    app = create_app(make_settings(push_interval=1.0))
+    client = await aiohttp_client(app)
+    admin = bearer(app[TOKENS].issue(Role.ADMIN, "admin")[0])
+    fid = (await create_feature(client, admin))["id"]
+    voters = [await new_voter(client) for _ in range(10)]
+    # Quiet for longer than the interval after the push of the creation (itself inside the
+    # interval that began when the app started).
+    await asyncio.sleep(2.2)
+    registry = app[METRICS].registry
+
+    def pushes() -> float:
+        return registry.get_sample_value("fv_ws_pushes_total") or 0.0
+
+    async with client.ws_connect("/ws") as ws:
+        await receive_json(ws)
+        before = pushes()
+        started = asyncio.get_running_loop().time()
+        await vote(client, voters[0], fid, 1)
+        first = await receive_json(ws, seconds=3)
+        assert asyncio.get_running_loop().time() - started < 0.5, "not pushed at once"
+        assert first["stats"]["up"] == 1
+        for voter in voters[1:]:  # a burst inside the interval
+            await vote(client, voter, fid, 1)
+        last = await receive_until(ws, stats_at_least(await current_seq(client)), seconds=3)
+        assert last["stats"]["up"] == 10
+        assert pushes() - before == 2  # the leading one and one for the burst
 
 
 # --- 8. shutdown --------------------------------------------------------------------------------
