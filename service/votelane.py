@@ -10,8 +10,10 @@ metrics and access line:
     HTTP/1.1 PUT or POST /features/<digits>/vote with one Content-Length within
     `max_body_size`, a JSON Content-Type and one Authorization header; or HTTP/1.1
     GET /features/stats (or /stats) without a body; no query, none of the headers that change
-    framing or meaning (Transfer-Encoding, Expect, Upgrade, TE, a Connection other than
-    keep-alive, Origin when CORS is on); the head ASCII, well formed, within `max_header_size`.
+    framing or meaning (Transfer-Encoding, Expect, Upgrade, TE, Content-Encoding, a
+    Connection other than keep-alive, Origin when CORS is on), none that aiohttp's parser
+    refuses (no Host, a repeated singleton header, 128 fields or more); the head ASCII, well
+    formed, within `max_header_size`.
 
 Anything else — another route, a browser, a WebSocket upgrade, an odd or malformed request — is
 handed over, with the bytes already read, to an aiohttp protocol for the rest of the connection
@@ -22,7 +24,8 @@ never decides an answer aiohttp would give differently, and `vote_lane = false` 
 Requests on one connection are answered in order, one at a time (pipelined ones wait in the
 buffer, which stops reading when it grows past one head and body). An idle connection closes
 after `http_keepalive_timeout`, as aiohttp's do; draining closes idle ones and lets a request in
-flight (its head in) finish. See ADR-009."""
+flight (its head in) finish. A client that half-closes after its request still gets the answer
+(aiohttp closes without one). See ADR-009."""
 
 from __future__ import annotations
 
@@ -37,6 +40,7 @@ from typing import Any, Final
 
 from aiohttp import web
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.http_parser import SINGLETON_HEADERS
 
 from . import keys
 from .api import JSON, cast_vote, etag_matches, stats_view, voter_claims
@@ -68,11 +72,22 @@ _HEAD: Final = re.compile(
 _PARTIAL_HEAD: Final = re.compile(rb"(?:[\t\x20-\x7e]*\r\n)*[\t\x20-\x7e]*\r?")
 _CONTENT_LENGTH: Final = re.compile(rb"[0-9]{1,10}")
 _JSON_TYPES: Final = frozenset({b"application/json", b"application/json; charset=utf-8"})
-# Headers whose presence sends the request to aiohttp: they change framing or meaning.
-_HAND_OVER: Final = frozenset({b"transfer-encoding", b"expect", b"upgrade", b"te"})
-# Headers the lane reads; each at most once.
+# Headers whose presence sends the request to aiohttp: they change framing or meaning (a
+# compressed body, an upgrade), or aiohttp's parser refuses them (Sec-WebSocket-Key1).
+_HAND_OVER: Final = frozenset(
+    {
+        b"transfer-encoding",
+        b"expect",
+        b"upgrade",
+        b"te",
+        b"content-encoding",
+        b"sec-websocket-key1",
+    }
+)
+# Headers the lane reads.
 _READ: Final = frozenset(
     {
+        b"host",
         b"content-length",
         b"content-type",
         b"authorization",
@@ -81,6 +96,12 @@ _READ: Final = frozenset(
         b"if-none-match",
     }
 )
+# Each at most once: those the lane reads, and those aiohttp's parser answers 400 for when
+# repeated (its own list, so the two stay in step).
+_ONCE: Final = _READ | frozenset(name.encode() for name in SINGLETON_HEADERS)
+# aiohttp's parser refuses a request with more field lines than this (its max_headers); the
+# lane hands over from this many on.
+_MAX_FIELDS: Final = 128
 _COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
 _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
@@ -256,12 +277,13 @@ class LaneProtocol(asyncio.Protocol):
             self.transport.close()
 
     def _check_idle(self) -> None:
-        """The keep-alive timer: close when nothing arrived for `http_keepalive_timeout`."""
+        """The keep-alive timer: close when nothing arrived for `http_keepalive_timeout` while
+        no request was in flight (a body may take its time, as with aiohttp)."""
         self._timer = None
         if self.transport is None:
             return
         due = self._last + self.lane.keepalive
-        if not self.busy and self._loop.time() >= due:
+        if not self.busy and self._pending is None and self._loop.time() >= due:
             self.close()
             return
         self._timer = self._loop.call_at(max(due, self._loop.time() + 0.1), self._check_idle)
@@ -348,20 +370,26 @@ class LaneProtocol(asyncio.Protocol):
 
     def _parse(self, buf: bytes, end: int) -> _Request | None:
         """The request's parts when the lane may answer it; None to hand it over."""
+        if end > self.lane.max_head:  # (aiohttp's limits are per line; this is stricter)
+            return None
         match = _HEAD.fullmatch(buf, 0, end + 2)
         if match is None:
             return None
+        lines = match.group(4).split(b"\r\n")[:-1]
+        if len(lines) >= _MAX_FIELDS:
+            return None
         fields: dict[bytes, bytes] = {}
-        for line in match.group(4).split(b"\r\n")[:-1]:
+        for line in lines:
             name, _, value = line.partition(b":")  # (a token name holds no colon)
-            value = value.strip(b" \t")
             name = name.lower()
-            if name in _READ:
+            if name in _ONCE:
                 if name in fields:
                     return None
-                fields[name] = value
+                fields[name] = value.strip(b" \t")
             elif name in _HAND_OVER or (name == b"origin" and self.lane.cors):
                 return None
+        if b"host" not in fields:  # HTTP/1.1 requires it; aiohttp answers 400
+            return None
         if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
             return None
         length = fields.get(b"content-length")
@@ -404,6 +432,11 @@ class LaneProtocol(asyncio.Protocol):
                 _vote(lane, request, body) if request.raw_id is not None else _stats(lane, request)
             )
             self._respond(request, *await answer, started)
+        except Exception:
+            # Not an error answer (those are answers): the lane itself failed. The client must
+            # not wait for an answer that will not come, nor get the next one in its place.
+            log.exception("vote lane: could not answer %s %s", request.method, request.route)
+            self.close()
         finally:
             self._pending = None
             lane.lifecycle.end()

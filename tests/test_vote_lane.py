@@ -9,6 +9,7 @@ counters say which requests it answered itself and which connections it handed t
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import logging
 import re
@@ -170,8 +171,15 @@ def get_request(
     version: str = "HTTP/1.1",
 ) -> bytes:
     fields = {"Host": "votes.test", "Accept": "*/*", **(headers or {})}
-    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items())
+    head = "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v is not None)
     return f"{method} {path} {version}\r\n{head}\r\n".encode()
+
+
+ORDINARY = {"User-Agent": "curl/8.5", "Accept": "*/*", "X-Forwarded-For": "10.0.0.1"}
+TWO_AGENTS = {"User-Agent": "a", "user-agent": "b"}
+MANY_FIELDS = {f"X-{i}": "1" for i in range(130)}
+GZIPPED = gzip.compress(b'{"value":1}')
+GZIP = {"Content-Encoding": "gzip"}
 
 
 # (name, request builder, does the lane answer it itself?)
@@ -241,6 +249,19 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
             False,
         ),
         ("expect", vote_request(path, token=v, headers={"Expect": "100-continue"}), False),
+        ("ordinary fields", vote_request(path, token=v, headers=ORDINARY), True),
+        ("no Host", vote_request(path, token=v, headers={"Host": None}), False),
+        ("two Hosts", vote_request(path, token=v, headers={"host": "b"}), False),
+        ("two User-Agents", vote_request(path, token=v, headers=TWO_AGENTS), False),
+        ("130 fields", vote_request(path, token=v, headers=MANY_FIELDS), False),
+        ("a 9000-byte field", vote_request(path, token=v, headers={"X-A": "a" * 9000}), False),
+        ("gzip body", vote_request(path, GZIPPED, token=v, headers=GZIP), False),
+        (
+            "Sec-WebSocket-Key1",
+            vote_request(path, token=v, headers={"Sec-WebSocket-Key1": "x"}),
+            False,
+        ),
+        ("stats without Host", get_request("/stats", {"Host": None}), False),
         ("stats", get_request("/features/stats"), True),
         ("stats at /stats", get_request("/stats"), True),
         ("stats, current ETag", get_request("/features/stats", {"If-None-Match": etag}), True),
@@ -453,6 +474,22 @@ async def test_idle_lane_connections_close_after_the_keep_alive_setting() -> Non
             writer2.close()
         finally:
             writer.close()
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_slow_body_is_not_cut_by_the_keep_alive_timer() -> None:
+    """As with aiohttp: the keep-alive timer closes connections waiting for a head, not a
+    request whose body is still coming."""
+    runner, served = await serve_both(make_settings(http_keepalive_timeout=0.3))
+    try:
+        raw = vote_request(f"/features/{served.feature}/vote", token=served.voter)
+        reader, writer = await asyncio.open_connection(HOST, served.lane_port)
+        writer.write(raw[:-4])
+        await asyncio.sleep(0.8)
+        writer.write(raw[-4:])
+        assert (await read_answer(reader)).status == 200
+        writer.close()
     finally:
         await runner.cleanup()
 
