@@ -34,11 +34,11 @@ import logging
 import re
 import time
 from collections.abc import Awaitable, Callable
-from email.utils import formatdate
 from http import HTTPStatus
 from typing import Any, Final
 
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time  # aiohttp's own Date, cached a second
 from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_parser import SINGLETON_HEADERS
 
@@ -107,22 +107,6 @@ _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
-class _Dates:
-    """The Date header, formatted once a second."""
-
-    __slots__ = ("_second", "_value")
-
-    def __init__(self) -> None:
-        self._second = -1
-        self._value = ""
-
-    def now(self) -> str:
-        second = int(time.time())
-        if second != self._second:
-            self._second, self._value = second, formatdate(second, usegmt=True)
-        return self._value
-
-
 class VoteLane:
     """One instance's lane: its settings, its app's parts, and its live connections."""
 
@@ -140,7 +124,6 @@ class VoteLane:
         self.cors = bool(settings.cors_origins)
         self.connections: set[LaneProtocol] = set()
         self.closing = False
-        self.dates = _Dates()
         self.answered = 0  # requests the lane answered itself
         self.handed_over = 0  # connections given to aiohttp
         self.metrics.lanes.append(self)  # fv_vote_lane_* on /metrics
@@ -461,7 +444,7 @@ class LaneProtocol(asyncio.Protocol):
             head = (
                 f"HTTP/1.1 {status} {_PHRASES[status]}\r\n"
                 f"{fields}{REQUEST_ID_HEADER}: {rid}\r\n{length}"
-                f"Date: {lane.dates.now()}\r\n"
+                f"Date: {rfc822_formatted_time()}\r\n"
                 f"Server: {SERVER_SOFTWARE}\r\n"
                 f"{_COMMON}\r\n"
             )

@@ -545,6 +545,16 @@ async def test_pipelined_flood_is_read_no_faster_than_it_is_answered(served: Ser
     assert served.lane.answered == count
 
 
+async def inflight_becomes(served: Served, count: int) -> int:
+    """The app's count of requests in flight once it is `count`, or after about a second."""
+    lifecycle = served.app[keys.LIFECYCLE]
+    for _ in range(100):
+        if lifecycle.inflight == count:
+            break
+        await asyncio.sleep(0.01)
+    return lifecycle.inflight
+
+
 async def test_draining_waits_for_the_body_of_a_vote_whose_head_came() -> None:
     """As with an aiohttp handler: a request whose head arrived is in flight; site.stop leaves
     its connection open until its body comes and it is answered."""
@@ -553,11 +563,7 @@ async def test_draining_waits_for_the_body_of_a_vote_whose_head_came() -> None:
         raw = vote_request(f"/features/{served.feature}/vote", token=served.voter)
         reader, writer = await asyncio.open_connection(HOST, served.lane_port)
         writer.write(raw[:-4])
-        for _ in range(100):
-            if served.app[keys.LIFECYCLE].inflight:
-                break
-            await asyncio.sleep(0.01)
-        assert served.app[keys.LIFECYCLE].inflight == 1
+        assert await inflight_becomes(served, 1) == 1
         for site in list(runner.sites):
             await site.stop()
         await asyncio.sleep(0.1)
@@ -575,17 +581,9 @@ async def test_a_body_that_never_comes_is_not_left_in_flight(served: Served) -> 
     raw = vote_request(f"/features/{served.feature}/vote", token=served.voter)
     _reader, writer = await asyncio.open_connection(HOST, served.lane_port)
     writer.write(raw[:-4])
-    for _ in range(100):
-        if served.app[keys.LIFECYCLE].inflight:
-            break
-        await asyncio.sleep(0.01)
-    assert served.app[keys.LIFECYCLE].inflight == 1
+    assert await inflight_becomes(served, 1) == 1
     writer.close()
-    for _ in range(100):
-        if not served.app[keys.LIFECYCLE].inflight:
-            break
-        await asyncio.sleep(0.01)
-    assert served.app[keys.LIFECYCLE].inflight == 0
+    assert await inflight_becomes(served, 0) == 0
     assert served.lane.answered == 0
 
 
