@@ -161,20 +161,6 @@ async def wait_ready(session: aiohttp.ClientSession, server: Any) -> None:
     raise RuntimeError(f"{server.base} not ready:\n{server.log_tail()}")
 
 
-async def add_features(voter: fo.Voter, total: int) -> None:
-    """Features beyond fanout's FEATURES, written like those: a bigger stats message."""
-    auth = {"Authorization": f"Bearer {voter.token}"}
-    for i in range(fo.FEATURES + 1, total + 1):
-        body = {
-            "title": f"Feature number {i}: a realistic title",
-            "description": f"What feature {i} does and why the audience wants it, in a "
-            "sentence or two as people write them on a live board.",
-        }
-        url = f"{voter.server.base}/features"
-        async with voter.session.post(url, json=body, headers=auth) as resp:
-            resp.raise_for_status()
-
-
 def sys_seconds(pid: int) -> float:
     """Kernel-mode CPU time of a process (stime, /proc/<pid>/stat): its share of fo.cpu_seconds."""
     with open(f"/proc/{pid}/stat") as fh:
@@ -292,12 +278,16 @@ async def measure(
             args = (ctx["python"], server_pin, logdir, 0, ctx["secret"], env, fo.ROOT)
             servers.append(fo.start_server("ours", *args))
         timeout = aiohttp.ClientTimeout(total=30)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        # The voter has a connection of its own, as a voting script would; readiness and
+        # /metrics go over another.
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout) as voter_session,
+        ):
             for server in servers:
                 await wait_ready(session, server)
-            voter = fo.Voter(session, servers[lay.vote_on])
-            await voter.setup()
-            await add_features(voter, lay.features)
+            voter = fo.Voter(voter_session, servers[lay.vote_on])
+            await voter.setup(lay.features)
             urls = [f"ws://{fo.HOST}:{s.port}/ws" for s in servers]
             for url in urls:
                 await fo.warm_up(url, first=True)

@@ -28,7 +28,8 @@ For every N and repetition, each server in turn is started as a subprocess pinne
      fleet's single core keeps up) for --duration s; each vote's send time (CLOCK_MONOTONIC,
      shared with the fleet) and seq are kept; every client records when the first frame with a
      seq >= each vote's seq arrived -> latency p50/p99 over every (vote, client) pair;
-  4. server CPU (utime+stime from /proc/<pid>/stat) over the vote phase / frames the fleet got;
+  4. server CPU (run time of every thread, /proc/<pid>/task/*/schedstat, in ns) over the vote
+     phase / frames the fleet got;
      fleet CPU over the same window as % of one core; CPU used by other processes ("other load").
 Before each run it waits (bounded) for the machine to be quiet. Medians of the repetitions, the
 ratios ours/floor and ours/peer and every run go to bench/results/fanout.md (a `## Fan-out`
@@ -347,22 +348,26 @@ class Voter:
         self.token = ""
         self.value = 1
 
-    async def setup(self) -> None:
+    async def setup(self, features: int = FEATURES) -> None:
+        """Start as a voting script does: the first request on the voter's connection asks for
+        a token. The board's features are proposed over another connection (the room's), so
+        the voter's carries what a voting script sends: a token request, votes, stats reads."""
         if self.server.kind != "ours":
             return
         async with self.session.post(f"{self.server.base}/auth/token") as resp:
             resp.raise_for_status()
             self.token = (await resp.json())["token"]
-        for i in range(1, FEATURES + 1):
-            body = {
-                "title": f"Feature number {i}: a realistic title",
-                "description": f"What feature {i} does and why the audience wants it, in a "
-                "sentence or two as people write them on a live board.",
-            }
-            async with self.session.post(
-                f"{self.server.base}/features", json=body, headers=self._auth()
-            ) as resp:
-                resp.raise_for_status()
+        async with aiohttp.ClientSession(timeout=self.session.timeout) as room:
+            for i in range(1, features + 1):
+                body = {
+                    "title": f"Feature number {i}: a realistic title",
+                    "description": f"What feature {i} does and why the audience wants it, in "
+                    "a sentence or two as people write them on a live board.",
+                }
+                async with room.post(
+                    f"{self.server.base}/features", json=body, headers=self._auth()
+                ) as resp:
+                    resp.raise_for_status()
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -507,8 +512,9 @@ async def measure(
     connector = aiohttp.TCPConnector(limit=1)
     timeout = aiohttp.ClientTimeout(total=30)
     try:
+        async with aiohttp.ClientSession(timeout=timeout) as probe:
+            await wait_ready(probe, server)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-            await wait_ready(session, server)
             voter = Voter(session, server)
             await voter.setup()
             ws_url = f"ws://{HOST}:{server.port}/ws"
@@ -581,7 +587,7 @@ async def measure(
             run.p99_ms = percentile(hist, run.missing, 0.99)
             run.max_ms = math.inf if run.missing else max(hist, default=math.nan)
             if run.frames:
-                run.us_per_frame = run.server_cpu_s * 1e6 / run.frames
+                run.us_per_frame = run.server_cpu_ns / 1e3 / run.frames
                 run.net_us_per_frame = (
                     run.server_cpu_ns / 1e3 - run.votes * run.vote_cpu_us
                 ) / run.frames
@@ -784,8 +790,9 @@ def render(rows: list[dict[str, float]], runs: list[Run], meta: dict[str, str]) 
         "(below 1: ours is faster or leaner). **Latency** = vote request sent → first frame "
         "carrying that vote's `seq` (or a later one) received, over every (vote, client) pair; "
         "send and receipt times are both CLOCK_MONOTONIC of this host. **CPU/frame** = server "
-        "utime+stime (/proc/<pid>/stat, every thread) over the vote phase ÷ frames the fleet "
-        "received in it: the CPU per delivery. **KiB/idle conn** = (VmRSS with N idle clients - "
+        "CPU time (every thread's run time in ns, /proc/<pid>/task/*/schedstat; until 2026-11-26 "
+        "utime+stime in 10 ms ticks) over the vote phase ÷ frames the fleet received in it: the "
+        "CPU per delivery. **KiB/idle conn** = (VmRSS with N idle clients - "
         "VmRSS with none) ÷ N. **Fleet CPU** = all fleet processes, % of one core, over the "
         "vote phase (they share one core: near 100 % would mean the fleet is the bottleneck). "
         f"Cells with several figures list the servers in the order {names}.",

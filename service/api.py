@@ -50,6 +50,7 @@ from .store.base import HIDDEN_KEY_LENGTH, KEY_LENGTH
 JSON: Final = "application/json"
 # Answers whose numbers depend on who asks (hidden results): caches must key on the token.
 VARY_AUTH: Final = {"Vary": "Authorization"}
+NO_STORE: Final = {"Cache-Control": "no-store"}  # a new token is nobody else's
 _FEATURE_ID: Final = re.compile(r"^[1-9][0-9]{0,17}$")
 _IDEMPOTENCY_KEY: Final = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}$")
 _LIMIT: Final = re.compile(r"^[0-9]{1,3}$")
@@ -347,14 +348,19 @@ async def cast_vote(
 
 @routes.delete("/features/{id}/vote")
 async def retract_vote(request: web.Request) -> web.Response:
-    claims = claims_of(request)
-    limits = request.app[keys.RATE_LIMITS]
+    return json_response(await retract(request.app, claims_of(request), request.match_info["id"]))
+
+
+async def retract(app: web.Application, claims: Claims, raw_id: str) -> VoteOut:
+    """A voter takes their vote back (value 0), after the token: rate limit, feature id, store,
+    metric (this module's handler and service/votelane.py alike)."""
+    limits = app[keys.RATE_LIMITS]
     await limits.check(limits.vote, claims.sub)
-    result = await request.app[keys.STORE].set_vote(
-        claims.sub, feature_id(request), 0, audience=audience_for(claims)
+    result = await app[keys.STORE].set_vote(
+        claims.sub, parse_feature_id(raw_id), 0, audience=audience_for(claims)
     )
-    request.app[keys.METRICS].votes_retracted.inc()
-    return json_response(result)
+    app[keys.METRICS].votes_retracted.inc()
+    return result
 
 
 @routes.get("/me/votes")
@@ -366,11 +372,19 @@ async def my_votes(request: web.Request) -> web.Response:
 
 @routes.post("/auth/token")
 async def issue_token(request: web.Request) -> web.Response:
-    limits = request.app[keys.RATE_LIMITS]
-    await limits.check(limits.token, client_of(request))
-    token, claims = request.app[keys.TOKENS].issue(Role.VOTER)
-    out = TokenOut(token=token, voter_id=claims.sub, expires_at=_utc(claims.exp))
-    return json_response(out, status=201, headers={"Cache-Control": "no-store"})
+    out = await new_voter(request.app, request.remote, request.headers.get("X-Forwarded-For"))
+    return json_response(out, status=201, headers=NO_STORE)
+
+
+async def new_voter(
+    app: web.Application, remote: str | None, forwarded_for: str | None
+) -> TokenOut:
+    """A new anonymous voter's token, within the per-address rate (this module's handler and
+    service/votelane.py alike)."""
+    limits = app[keys.RATE_LIMITS]
+    await limits.check(limits.token, limits.address(remote, forwarded_for))
+    token, claims = app[keys.TOKENS].issue(Role.VOTER)
+    return TokenOut(token=token, voter_id=claims.sub, expires_at=_utc(claims.exp))
 
 
 def _utc(timestamp: int) -> datetime:

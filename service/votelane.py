@@ -1,4 +1,5 @@
-"""The vote lane: votes and stats reads answered without aiohttp's per-request layers.
+"""The vote lane: votes, stats reads and new voter tokens answered without aiohttp's
+per-request layers.
 
 A vote is the one request a live room sends in bursts, and most of its cost in aiohttp is the
 generic machinery around it (request and response objects, routing, middlewares, signals), not
@@ -8,18 +9,21 @@ the lane knows is answered here, by the same code the aiohttp handlers run (`api
 metrics and access line:
 
     HTTP/1.1 PUT or POST /features/<digits>/vote with one Content-Length within
-    `max_body_size`, a JSON Content-Type and one Authorization header; or HTTP/1.1
-    GET /features/stats (or /stats) without a body; no query, none of the headers that change
-    framing or meaning (Transfer-Encoding, Expect, Upgrade, TE, Content-Encoding, a
-    Connection other than keep-alive, Origin when CORS is on), none that aiohttp's parser
-    refuses (no Host, a repeated singleton header, 128 fields or more); the head ASCII, well
-    formed, within `max_header_size`.
+    `max_body_size`, a JSON Content-Type and one Authorization header; DELETE of the same
+    path with one Authorization header and no body; GET /features/stats (or /stats) and
+    POST /auth/token without a body; no query, none of the headers that change framing or
+    meaning (Transfer-Encoding, Expect, Upgrade, TE, Content-Encoding, a Connection other
+    than keep-alive, Origin when CORS is on), none that aiohttp's parser refuses (no Host, a
+    repeated singleton header, 128 fields or more); the head ASCII, well formed, within
+    `max_header_size`.
 
-Anything else — another route, a browser, a WebSocket upgrade, an odd or malformed request — is
-handed over, with the bytes already read, to an aiohttp protocol for the rest of the connection
-(`transport.set_protocol`), before the lane has acted on that request. aiohttp then answers it
-exactly as without the lane (its 400s, 404s, 413s, 415s). So the lane is an optimisation that
-never decides an answer aiohttp would give differently, and `vote_lane = false` turns it off.
+So a voting script's connection (a token, then votes, retractions and stats reads) stays in the
+lane from its first request to its last. Anything else — another route, a browser, a WebSocket
+upgrade, an odd or malformed request — is handed over, with the bytes already read, to an
+aiohttp protocol for the rest of the connection (`transport.set_protocol`), before the lane has
+acted on that request. aiohttp then answers it exactly as without the lane (its 400s, 404s,
+413s, 415s). So the lane is an optimisation that never decides an answer aiohttp would give
+differently, and `vote_lane = false` turns it off.
 
 Requests on one connection are answered in order, one at a time (pipelined ones wait in the
 buffer, which stops reading when it grows past one head and body). An idle connection closes
@@ -43,7 +47,16 @@ from aiohttp.http import SERVER_SOFTWARE
 from aiohttp.http_parser import SINGLETON_HEADERS
 
 from . import keys
-from .api import JSON, cast_vote, etag_matches, stats_view, voter_claims
+from .api import (
+    JSON,
+    NO_STORE,
+    cast_vote,
+    etag_matches,
+    new_voter,
+    retract,
+    stats_view,
+    voter_claims,
+)
 from .errors import internal_error, problem_from
 from .logs import REQUEST_ID_HEADER, pick_request_id, write_access
 from .schemas import encoder
@@ -52,18 +65,23 @@ from .security import COMMON_HEADERS
 log = logging.getLogger(__name__)
 
 VOTE_ROUTE: Final = "/features/{id}/vote"
+TOKEN_ROUTE: Final = "/auth/token"
 _PREFIXES: Final = (
     b"PUT /features/",
     b"POST /features/",
+    b"DELETE /features/",
     b"GET /features/stats ",
     b"GET /stats ",
+    b"POST /auth/token ",
 )
-# The whole head, when the lane may read it: the request line of a vote or a stats read, then
-# field lines of a token name, a colon and a value of visible ASCII, spaces and tabs (no
-# obs-fold, no bare CR or LF, no space before the colon, nothing outside ASCII), each ending in
-# CRLF. Groups: the vote's method and feature id, or the stats path; the field lines.
+# The whole head, when the lane may read it: the request line of a vote, a retraction, a stats
+# read or a token request, then field lines of a token name, a colon and a value of visible
+# ASCII, spaces and tabs (no obs-fold, no bare CR or LF, no space before the colon, nothing
+# outside ASCII), each ending in CRLF. Groups: the vote's method and feature id, the stats path,
+# the token path; the field lines.
 _HEAD: Final = re.compile(
-    rb"(?:(PUT|POST) /features/([0-9]{1,20})/vote|GET (/features/stats|/stats)) HTTP/1\.1\r\n"
+    rb"(?:(PUT|POST|DELETE) /features/([0-9]{1,20})/vote|GET (/features/stats|/stats)"
+    rb"|POST (/auth/token)) HTTP/1\.1\r\n"
     rb"((?:[!#$%&'*+.^_`|~0-9A-Za-z-]+:[\t\x20-\x7e]*\r\n)*)"
 )
 # What a head still arriving may hold so far: lines of visible ASCII, spaces and tabs ending in
@@ -94,6 +112,7 @@ _READ: Final = frozenset(
         b"connection",
         b"x-request-id",
         b"if-none-match",
+        b"x-forwarded-for",
     }
 )
 # Each at most once: those the lane reads, and those aiohttp's parser answers 400 for when
@@ -104,6 +123,7 @@ _ONCE: Final = _READ | frozenset(name.encode() for name in SINGLETON_HEADERS)
 _MAX_FIELDS: Final = 128
 _COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
 _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
+_NEW_TOKEN_FIELDS: Final = _JSON_FIELD + "".join(f"{k}: {v}\r\n" for k, v in NO_STORE.items())
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -358,7 +378,8 @@ class LaneProtocol(asyncio.Protocol):
         match = _HEAD.fullmatch(buf, 0, end + 2)
         if match is None:
             return None
-        lines = match.group(4).split(b"\r\n")[:-1]
+        method, raw_id, stats_path, token_path, block = match.groups()
+        lines = block.split(b"\r\n")[:-1]
         if len(lines) >= _MAX_FIELDS:
             return None
         fields: dict[bytes, bytes] = {}
@@ -376,44 +397,42 @@ class LaneProtocol(asyncio.Protocol):
         if fields.get(b"connection", b"keep-alive").lower() != b"keep-alive":
             return None
         length = fields.get(b"content-length")
-        authorization = fields.get(b"authorization")
-        request_id = fields.get(b"x-request-id", b"").decode()
-        stats_path = match.group(3)
-        if stats_path is not None:  # GET: no body
-            if length not in (None, b"0"):
-                return None
-            if_none_match = fields.get(b"if-none-match")
-            return _Request(
-                method="GET",
-                route=stats_path.decode(),
-                raw_id=None,
-                length=0,
-                authorization=None if authorization is None else authorization.decode(),
-                request_id=request_id,
-                if_none_match=None if if_none_match is None else if_none_match.decode(),
-            )
-        if length is None or not _CONTENT_LENGTH.fullmatch(length) or authorization is None:
-            return None
-        size = int(length)
-        if size > self.lane.max_body or fields.get(b"content-type", b"").lower() not in _JSON_TYPES:
-            return None
-        return _Request(
-            method=match.group(1).decode(),
-            route=VOTE_ROUTE,
-            raw_id=match.group(2).decode(),
-            length=size,
-            authorization=authorization.decode(),
-            request_id=request_id,
-            if_none_match=None,
+        authorization = _text(fields.get(b"authorization"))
+        request = _Request(
+            method="GET" if stats_path else "POST" if token_path else method.decode(),
+            route=(stats_path or token_path or VOTE_ROUTE.encode()).decode(),
+            raw_id=None if raw_id is None else raw_id.decode(),
+            length=0,
+            authorization=authorization,
+            request_id=_text(fields.get(b"x-request-id")) or "",
+            if_none_match=_text(fields.get(b"if-none-match")),
+            forwarded_for=_text(fields.get(b"x-forwarded-for")),
         )
+        if request.raw_id is not None and authorization is None:
+            return None  # (aiohttp's 401 for a missing token carries its own challenge)
+        if request.raw_id is None or request.method == "DELETE":
+            # Stats, a token, a retraction: no body (their handlers read none).
+            return request if length is None or length == b"0" else None
+        if length is None or not _CONTENT_LENGTH.fullmatch(length):
+            return None
+        request.length = int(length)
+        if (
+            request.length > self.lane.max_body
+            or fields.get(b"content-type", b"").lower() not in _JSON_TYPES
+        ):
+            return None
+        return request
 
     async def _answer(self, request: _Request, body: bytes) -> None:
         lane = self.lane
         started = time.perf_counter()
         try:
-            answer = (
-                _vote(lane, request, body) if request.raw_id is not None else _stats(lane, request)
-            )
+            if request.raw_id is not None:
+                answer = _vote(lane, request, body)
+            elif request.route == TOKEN_ROUTE:
+                answer = _token(lane, request, self._remote)
+            else:
+                answer = _stats(lane, request)
             self._respond(request, *await answer, started)
         except Exception:
             # Not an error answer (those are answers): the lane itself failed. The client must
@@ -460,16 +479,28 @@ _Answer = tuple[int, bytes, str, str | None]  # status, body, header lines, vote
 
 
 async def _vote(lane: VoteLane, request: _Request, body: bytes) -> _Answer:
-    """The vote's answer, or the problem's."""
+    """The vote's (or the retraction's) answer, or the problem's."""
     voter: str | None = None
     try:
         assert request.raw_id is not None and request.authorization is not None
         claims = voter_claims(lane.tokens, request.authorization)
         voter = claims.sub
-        result = await cast_vote(lane.app, claims, request.raw_id, JSON, _returns(body))
+        if request.method == "DELETE":
+            result = await retract(lane.app, claims, request.raw_id)
+        else:
+            result = await cast_vote(lane.app, claims, request.raw_id, JSON, _returns(body))
         return 200, encoder.encode(result), _JSON_FIELD, voter
     except Exception as exc:
         return _problem(exc, request, f"/features/{request.raw_id}/vote", voter)
+
+
+async def _token(lane: VoteLane, request: _Request, remote: str | None) -> _Answer:
+    """A new voter's token (201), or the problem (429 over the per-address rate)."""
+    try:
+        out = await new_voter(lane.app, remote, request.forwarded_for)
+    except Exception as exc:
+        return _problem(exc, request, request.route, None)
+    return 201, encoder.encode(out), _NEW_TOKEN_FIELDS, None
 
 
 async def _stats(lane: VoteLane, request: _Request) -> _Answer:
@@ -495,6 +526,7 @@ def _problem(exc: Exception, request: _Request, path: str, voter: str | None) ->
 class _Request:
     __slots__ = (
         "authorization",
+        "forwarded_for",
         "if_none_match",
         "length",
         "method",
@@ -513,14 +545,20 @@ class _Request:
         authorization: str | None,
         request_id: str,
         if_none_match: str | None,
+        forwarded_for: str | None,
     ) -> None:
         self.method = method
         self.route = route  # the route template, as metrics and the access line name it
-        self.raw_id = raw_id  # a vote's feature id; None for a stats read
+        self.raw_id = raw_id  # the feature id of a vote or retraction; None otherwise
         self.length = length
         self.authorization = authorization
         self.request_id = request_id
         self.if_none_match = if_none_match
+        self.forwarded_for = forwarded_for
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode()
 
 
 def _returns(body: bytes) -> Callable[[], Awaitable[bytes]]:

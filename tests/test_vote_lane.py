@@ -16,6 +16,7 @@ import re
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -226,7 +227,29 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
         ("query string", vote_request(f"{path}?x=1", token=v), False),
         ("HTTP/1.0", vote_request(path, token=v, version="HTTP/1.0"), False),
         ("lower-case method", vote_request(path, token=v, method="put"), False),
-        ("DELETE", vote_request(path, b"", method="DELETE", token=v), False),
+        ("retract", vote_request(path, b"", method="DELETE", token=v), True),
+        (
+            "retract, no length",
+            get_request(path, {"Authorization": f"Bearer {v}"}, method="DELETE"),
+            True,
+        ),
+        ("retract, no token", get_request(path, method="DELETE"), False),
+        (
+            "retract, bad token",
+            get_request(path, {"Authorization": "Bearer x"}, method="DELETE"),
+            True,
+        ),
+        (
+            "retract, unknown feature",
+            get_request("/features/999999/vote", {"Authorization": f"Bearer {v}"}, method="DELETE"),
+            True,
+        ),
+        ("retract with a body", vote_request(path, method="DELETE", token=v), False),
+        (
+            "retract with a query",
+            get_request(f"{path}?x=1", {"Authorization": f"Bearer {v}"}, method="DELETE"),
+            False,
+        ),
         (
             "chunked",
             (
@@ -262,6 +285,39 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
             False,
         ),
         ("stats without Host", get_request("/stats", {"Host": None}), False),
+        ("token", get_request("/auth/token", method="POST"), True),
+        (
+            "token, empty body",
+            get_request("/auth/token", {"Content-Length": "0"}, method="POST"),
+            True,
+        ),
+        (
+            "token, forwarded",
+            get_request("/auth/token", {"X-Forwarded-For": "10.1.2.3"}, method="POST"),
+            True,
+        ),
+        (
+            "token, any Authorization",
+            get_request("/auth/token", {"Authorization": f"Bearer {v}"}, method="POST"),
+            True,
+        ),
+        (
+            "token with a body",
+            get_request("/auth/token", {"Content-Length": "2"}, method="POST") + b"{}",
+            False,
+        ),
+        ("token with a query", get_request("/auth/token?x=1", method="POST"), False),
+        ("token by GET", get_request("/auth/token"), False),
+        (
+            "token, two forwarded",
+            get_request(
+                "/auth/token",
+                {"X-Forwarded-For": "1.1.1.1", "x-forwarded-for": "2.2.2.2"},
+                method="POST",
+            ),
+            False,
+        ),
+        ("token, HTTP/1.0", get_request("/auth/token", method="POST", version="HTTP/1.0"), False),
         ("stats", get_request("/features/stats"), True),
         ("stats at /stats", get_request("/stats"), True),
         ("stats, current ETag", get_request("/features/stats", {"If-None-Match": etag}), True),
@@ -309,6 +365,16 @@ def case_ids() -> list[str]:
     return [name for name, _, _ in cases(fake)]
 
 
+def new_voter(served: Served, answer: Answer) -> tuple[list[str], int]:
+    """The fields and expiry of a 201 from POST /auth/token, whose token must verify as a new
+    voter's with the id and expiry the answer gives."""
+    out = json.loads(answer.body)
+    claims = served.app[keys.TOKENS].verify(out["token"])
+    assert claims.role is Role.VOTER and claims.sub == out["voter_id"]
+    assert datetime.fromisoformat(out["expires_at"]).timestamp() == claims.exp
+    return sorted(out), claims.exp
+
+
 @pytest.mark.parametrize("name", case_ids())
 async def test_the_lane_answers_as_aiohttp_does(served: Served, name: str) -> None:
     raw, answered_by_lane = next((r, a) for n, r, a in cases(served) if n == name)
@@ -316,6 +382,10 @@ async def test_the_lane_answers_as_aiohttp_does(served: Served, name: str) -> No
     expected = (await exchange(served.plain_port, raw))[0]
     answered, handed = served.lane.answered, served.lane.handed_over
     got = (await exchange(served.lane_port, raw))[0]
+    if expected.status == 201:  # a new token each time: compare what it says, not its bytes
+        (keys_a, exp_a), (keys_b, exp_b) = new_voter(served, expected), new_voter(served, got)
+        assert keys_a == keys_b and abs(exp_a - exp_b) <= 5
+        expected.body = got.body = b""
     assert got.comparable() == expected.comparable()
     assert got.header("Date")
     # (aiohttp's parser-level 400s carry no request id, on either path)
@@ -416,32 +486,52 @@ async def test_a_websocket_through_the_lane_port_is_handed_over(served: Served) 
     assert served.lane.handed_over == 1
 
 
+@pytest.mark.parametrize("method", ["PUT", "DELETE", "POST"])
 async def test_the_access_line_and_metrics_match_the_aiohttp_path(
-    served: Served, caplog: pytest.LogCaptureFixture
+    served: Served, caplog: pytest.LogCaptureFixture, method: str
 ) -> None:
+    """A vote, a retraction, a token request: the same access line and counters either way."""
     caplog.set_level(logging.INFO, logger="service.access")
-    raw = vote_request(
-        f"/features/{served.feature}/vote", token=served.voter, headers={"X-Request-ID": "same-id"}
-    )
+    same_id = {"X-Request-ID": "same-id"}
+    path, route = f"/features/{served.feature}/vote", "/features/{id}/vote"
+    if method == "PUT":
+        raw = vote_request(path, token=served.voter, headers=same_id)
+    elif method == "DELETE":
+        raw = get_request(
+            path, {"Authorization": f"Bearer {served.voter}", **same_id}, method=method
+        )
+    else:
+        path = route = "/auth/token"
+        raw = get_request(path, same_id, method=method)
     await exchange(served.plain_port, raw)
     await exchange(served.lane_port, raw)
     lines = [r for r in caplog.records if r.name == "service.access"]
     assert len(lines) == 2
     fields = [
-        {k: getattr(r, k) for k in ("request_id", "method", "route", "status", "remote", "voter")}
+        {
+            k: getattr(r, k, None)
+            for k in ("request_id", "method", "route", "status", "remote", "voter")
+        }
         | {"msg": r.getMessage()}
         for r in lines
     ]
     assert fields[0] == fields[1]
-    assert fields[1]["route"] == "/features/{id}/vote" and fields[1]["request_id"] == "same-id"
-    assert fields[1]["voter"] != served.app[keys.TOKENS].verify(served.voter).sub  # hashed
+    assert fields[1]["route"] == route and fields[1]["request_id"] == "same-id"
+    if method == "POST":
+        assert fields[1]["voter"] is None and fields[1]["status"] == 201
+    else:  # the voter's id, hashed
+        assert fields[1]["voter"] not in (None, served.app[keys.TOKENS].verify(served.voter).sub)
     text = (await fetch(served.plain_port, "/metrics")).decode()
+    status = fields[1]["status"]
     counted = re.search(
-        r'fv_http_requests_total\{method="PUT",route="/features/\{id\}/vote",status="200"\} (\S+)',
+        rf'fv_http_requests_total\{{method="{method}",route="{re.escape(route)}",'
+        rf'status="{status}"\}} (\S+)',
         text,
     )
     assert counted is not None and float(counted.group(1)) == 2.0
-    assert re.search(r'fv_votes_total\{action="vote"\} 2\.0', text)
+    if method != "POST":
+        action = "vote" if method == "PUT" else "retract"
+        assert re.search(rf'fv_votes_total\{{action="{action}"\}} 2\.0', text)
 
 
 async def test_rate_limited_votes_get_429_from_the_lane() -> None:
@@ -452,6 +542,54 @@ async def test_rate_limited_votes_get_429_from_the_lane() -> None:
         assert [a.status for a in statuses] == [200, 200, 429]
         assert statuses[2].header("Retry-After") == "1"
         assert served.lane.answered == 3
+    finally:
+        await runner.cleanup()
+
+
+async def test_a_voting_script_stays_in_the_lane(served: Served) -> None:
+    """What a script does on one keep-alive connection — a token, a vote, the stats, a
+    retraction, the stats again — is all answered by the lane."""
+    path = f"/features/{served.feature}/vote"
+    reader, writer = await asyncio.open_connection(HOST, served.lane_port)
+    try:
+        writer.write(get_request("/auth/token", method="POST"))
+        token = json.loads((await read_answer(reader)).body)["token"]
+        steps = [
+            vote_request(path, b'{"value":-1}', token=token),
+            get_request("/features/stats"),
+            get_request(path, {"Authorization": f"Bearer {token}"}, method="DELETE"),
+            get_request("/stats"),
+        ]
+        answers = []
+        for raw in steps:
+            writer.write(raw)
+            answers.append(await read_answer(reader))
+    finally:
+        writer.close()
+    assert [a.status for a in answers] == [200] * 4
+    assert json.loads(answers[0].body)["value"] == -1 and json.loads(answers[2].body)["value"] == 0
+    downs = [next(f["down"] for f in json.loads(a.body)["top"]) for a in answers[1::2]]
+    assert downs == [1, 0]
+    assert (served.lane.answered, served.lane.handed_over) == (5, 0)
+
+
+async def test_token_requests_are_limited_per_client_address_in_the_lane() -> None:
+    """token_rate counts per address: the peer's, or the X-Forwarded-For of a trusted proxy."""
+    settings = make_settings(token_rate=60.0, token_burst=1, trusted_proxies=(HOST,))
+    runner, served = await serve_both(settings)
+    try:
+
+        def ask(address: str) -> bytes:
+            return get_request("/auth/token", {"X-Forwarded-For": address}, method="POST")
+
+        answers = [
+            (await exchange(served.lane_port, ask(a)))[0]
+            for a in ("10.0.0.1", "10.0.0.1", "10.0.0.2")
+        ]
+        assert [a.status for a in answers] == [201, 429, 201]
+        assert answers[1].header("Content-Type") == "application/problem+json"
+        assert answers[1].header("Retry-After") is not None
+        assert (served.lane.answered, served.lane.handed_over) == (3, 0)
     finally:
         await runner.cleanup()
 
