@@ -241,6 +241,7 @@ class Run:
     push_lag_ms: list[float] = field(default_factory=list)  # per instance: change -> last write
     redis_cpu_pct: float = math.nan
     fleet_cpu_pct: float = math.nan  # all fleet processes, % of one core
+    fleet_sys_pct: float = math.nan  # of which in the kernel
     fleet_cpu_max_proc_pct: float = math.nan
     foreign_cpu_pct: float = math.nan  # CPU of processes outside the benchmark, % of one core
     quiet_wait_s: float = 0.0
@@ -320,6 +321,7 @@ async def measure(
             rss_max, tcp_max = list(run.rss_start_kib), [run.tcp_mem_start_kib]
             c0 = {p: fo.cpu_seconds(p) for p in ours}
             k0 = [sys_seconds(p) for p in pids]
+            fk0 = sum(sys_seconds(p) for p in fleet_pids)
             b0, t0 = fo.machine_busy()[0], time.monotonic()
 
             async def sample() -> None:  # memory, and when the last stalled client was dropped
@@ -365,6 +367,8 @@ async def measure(
             ]
             run.redis_cpu_pct = pct[redis.pid] if redis else math.nan
             run.fleet_cpu_pct = sum(pct[p] for p in fleet_pids)
+            fk1 = sum(sys_seconds(p) for p in fleet_pids)
+            run.fleet_sys_pct = 100 * (fk1 - fk0) / run.window_s
             run.fleet_cpu_max_proc_pct = max(pct[p] for p in fleet_pids)
             run.rss_max_kib, run.tcp_mem_max_kib = rss_max, tcp_max[0]
             run.pushes_per_s = [x["fv_ws_pushes_total"] / run.window_s for x in d]
@@ -469,8 +473,8 @@ def summarize(runs: list[Run]) -> list[Row]:
         row["errors"] = len(all_) - len(rs)
         for name in (
             "rate", "vote_rate", "frame_bytes", "p50_ms", "p99_ms", "max_ms", "capacity",
-            "fleet_cpu_pct", "fleet_cpu_max_proc_pct", "redis_cpu_pct", "foreign_cpu_pct",
-            "all_dropped_after_s",
+            "fleet_cpu_pct", "fleet_sys_pct", "fleet_cpu_max_proc_pct", "redis_cpu_pct",
+            "foreign_cpu_pct", "all_dropped_after_s",
         ):  # fmt: skip
             row[name] = fo.med([getattr(r, name) for r in rs])
         row["server_cpu_pct"] = fo.med([sum(r.server_cpu_pct) for r in rs])
@@ -596,7 +600,8 @@ SECTIONS: dict[str, tuple[str, list[Col]]] = {
         ("servers CPU %", num("server_cpu_pct", 0)),
         ("of it kernel %", num("server_sys_pct", 0)),
         ("busiest server CPU %", num("server_cpu_pct_max", 0)),
-        ("fleet CPU %", num("fleet_cpu_pct", 0)), ("Redis CPU %", num("redis_cpu_pct", 0)),
+        ("fleet CPU %", num("fleet_cpu_pct", 0)), ("fleet kernel %", num("fleet_sys_pct", 0)),
+        ("Redis CPU %", num("redis_cpu_pct", 0)),
         ("undelivered", lambda r: str(r["missing"])), ("other load %", num("foreign_cpu_pct", 0)),
     ]),
     "slow": ("Slow clients", [
@@ -729,7 +734,10 @@ def describe(meas: str, todo: list[Plan], args: argparse.Namespace, pin: bool) -
             "alone. **votes/s** is what was achieved: the voter waits for each answer, and an "
             "instance busy pushing answers late. **Server push time** = mean time from a change "
             "to its frame written to every client of an instance (fv_ws_push_lag_seconds; the "
-            "busiest instance), the server's part of the latency."
+            "busiest instance), the server's part of the latency. **of it kernel %** / **fleet "
+            "kernel %** = the part of the servers' / the fleet's CPU spent in the kernel (stime): "
+            "mostly loopback TCP, sending on one side and receiving on the other, which a leaner "
+            "client program would not remove."
         )
     stalled = layouts[-1].stalled
     return (
