@@ -247,10 +247,24 @@ class Broadcaster:
 
     def _deliver(self, changed_at: float | None) -> None:
         now = self._clock()
+        frames, limit = self._frames, self._limits.buffer_limit
         sent = 0
         for client in list(self._clients):
-            frame = self._frames[client.audience]
-            if client.seq < frame.seq:
+            frame = frames[client.audience]
+            if client.seq >= frame.seq:
+                continue
+            transport = client.transport
+            # What _write does for a client that keeps up, inline: this runs once per client
+            # per push, and the call cost a sixth of the instructions per client (callgrind).
+            if (
+                client.behind_since is None
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() <= limit
+            ):
+                transport.write(frame.data)
+                client.seq = frame.seq
+                sent += 1
+            else:
                 sent += self._write(client, frame, now)
         self._metrics.ws_frames.inc(sent)
         if changed_at is not None:

@@ -235,6 +235,14 @@ def cases(s: Served) -> list[tuple[str, bytes, bool]]:
         ),
         ("retract, no token", get_request(path, method="DELETE"), False),
         (
+            "delete a feature (not a vote)",
+            get_request(
+                "/features/999999", {"Authorization": f"Bearer {s.admin}"}, method="DELETE"
+            ),
+            False,
+        ),
+        ("token path below", get_request("/auth/tokens", method="POST"), False),
+        (
             "retract, bad token",
             get_request(path, {"Authorization": "Bearer x"}, method="DELETE"),
             True,

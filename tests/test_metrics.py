@@ -1,0 +1,100 @@
+"""The lock-free counters of service/metrics.py render exactly as prometheus_client's own would."""
+
+from __future__ import annotations
+
+import re
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from service.metrics import LATENCY_BUCKETS, Metrics, Spread
+
+HOT = (
+    "fv_http_requests",
+    "fv_http_request_duration_seconds",
+    "fv_votes",
+    "fv_store_seq",
+    "fv_ws_pushes",
+    "fv_ws_frames",
+    "fv_ws_push_lag_seconds",
+)
+# (route, method, status, seconds): bounds hit exactly, between, above every bound, a repeat
+REQUESTS = [
+    ("/features/{id}/vote", "PUT", 200, 0.0003),
+    ("/features/{id}/vote", "PUT", 200, 0.0005),
+    ("/features/{id}/vote", "PUT", 429, 0.002),
+    ("/features/stats", "GET", 304, 0.5),
+    ("unmatched", "OTHER", 404, 3.0),
+    ("/features/{id}/vote", "PUT", 200, 0.01),
+]
+
+
+def hot_lines(registry: CollectorRegistry) -> list[str]:
+    """The exposition's lines of the hot families, sorted, `_created` values masked."""
+    text = generate_latest(registry).decode()
+    names = "|".join(re.escape(n) for n in HOT)
+    picked = re.compile(rf"^(# (HELP|TYPE) )?({names})(_total|_created|_bucket|_count|_sum)?[ {{]")
+    lines = [line for line in text.splitlines() if picked.match(line)]
+    return sorted(re.sub(r"^(\S+_created(\{.*\})?) .*$", r"\1 <time>", line) for line in lines)
+
+
+def reference(registry: CollectorRegistry, used: bool = True) -> None:
+    """The same numbers (none when not `used`), kept by prometheus_client's classes."""
+    requests = Counter("fv_http_requests", "HTTP requests answered", ["route", "method", "status"],
+                       registry=registry)  # fmt: skip
+    latency = Histogram("fv_http_request_duration_seconds", "Time to answer a request", ["route"],
+                        buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+    for route, method, status, seconds in REQUESTS if used else []:
+        requests.labels(route, method, str(status)).inc()
+        latency.labels(route).observe(seconds)
+    votes = Counter("fv_votes", "Vote requests applied", ["action"], registry=registry)
+    votes.labels("vote").inc(3 if used else 0)
+    votes.labels("retract").inc(1 if used else 0)
+    Gauge("fv_store_seq", "Last change sequence seen", registry=registry).set(42 if used else 0)
+    pushes = Counter("fv_ws_pushes", "Stats messages encoded and pushed", registry=registry)
+    pushes.inc(2 if used else 0)
+    frames = Counter("fv_ws_frames", "Frames written to WebSocket clients", registry=registry)
+    frames.inc(200 if used else 0)
+    lag = Histogram("fv_ws_push_lag_seconds", "From a change to its frame written to every client",
+                    buckets=LATENCY_BUCKETS, registry=registry)  # fmt: skip
+    for seconds in (0.001, 0.0011, 7.5) if used else ():
+        lag.observe(seconds)
+
+
+def test_hot_metrics_render_as_prometheus_client_would() -> None:
+    metrics = Metrics()
+    for route, method, status, seconds in REQUESTS:
+        metrics.observe(route, method, status, seconds)
+    for _ in range(3):
+        metrics.votes_set.inc()
+    metrics.votes_retracted.inc()
+    metrics.seq.set(42)
+    metrics.ws_pushes.inc()
+    metrics.ws_pushes.inc()
+    metrics.ws_frames.inc(200)
+    for seconds in (0.001, 0.0011, 7.5):
+        metrics.ws_lag.observe(seconds)
+    expected = CollectorRegistry()
+    reference(expected)
+    got = hot_lines(metrics.registry)
+    assert got == hot_lines(expected)
+    assert (
+        'fv_http_requests_total{method="PUT",route="/features/{id}/vote",status="200"} 3.0' in got
+    )
+    assert metrics.registry.get_sample_value("fv_ws_frames_total") == 200
+
+
+def test_a_spread_counts_each_amount_in_the_first_bucket_that_holds_it() -> None:
+    spread = Spread((1.0, 2.0))
+    for amount in (0.5, 1.0, 1.5, 2.0, 2.5):
+        spread.observe(amount)
+    assert spread.counts == [2, 2, 1] and spread.sum == 7.5
+
+
+def test_fresh_metrics_render_as_prometheus_client_would() -> None:
+    """Before any request: the same zeros, and the request families with no series yet."""
+    expected = CollectorRegistry()
+    reference(expected, used=False)
+    got = hot_lines(Metrics().registry)
+    assert got == hot_lines(expected)
+    assert 'fv_votes_total{action="vote"} 0.0' in got and "fv_ws_frames_total 0.0" in got
+    assert not [line for line in got if line.startswith("fv_http_requests_total{")]
