@@ -17,6 +17,7 @@ from typing import Any, Final, Protocol, TypeVar
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import metrics as client_metrics
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
@@ -76,6 +77,9 @@ def _family(
     """A counter family of Tallies or a histogram family of Spreads, with the samples
     prometheus_client's own Counter and Histogram would give (`_created` included)."""
     metric = Metric(name, doc, kind)
+    # `_created` series unless switched off for the library's own classes too
+    # (PROMETHEUS_DISABLE_CREATED_SERIES, prometheus_client.disable_created_metrics()).
+    created = getattr(client_metrics, "_use_created", True)
     for values, item in items:
         labels = dict(zip(labelnames, values, strict=True))
         if isinstance(item, Spread):
@@ -88,7 +92,8 @@ def _family(
             metric.add_sample(f"{name}_sum", labels, item.sum)
         else:
             metric.add_sample(f"{name}_total", labels, item.value)
-        metric.add_sample(f"{name}_created", labels, item.created)
+        if created:
+            metric.add_sample(f"{name}_created", labels, item.created)
     return metric
 
 

@@ -123,7 +123,8 @@ _ONCE: Final = _READ | frozenset(name.encode() for name in SINGLETON_HEADERS)
 _MAX_FIELDS: Final = 128
 _COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
 _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
-_NEW_TOKEN_FIELDS: Final = _JSON_FIELD + "".join(f"{k}: {v}\r\n" for k, v in NO_STORE.items())
+# (header order as aiohttp writes them: the handler's headers, then Content-Type)
+_NEW_TOKEN_FIELDS: Final = "".join(f"{k}: {v}\r\n" for k, v in NO_STORE.items()) + _JSON_FIELD
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -512,7 +513,7 @@ async def _stats(lane: VoteLane, request: _Request) -> _Answer:
     fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
     if etag_matches(request.if_none_match, view.etag):
         return 304, b"", fields, None
-    return 200, view.body, _JSON_FIELD + fields, None
+    return 200, view.body, fields + _JSON_FIELD, None
 
 
 def _problem(exc: Exception, request: _Request, path: str, voter: str | None) -> _Answer:

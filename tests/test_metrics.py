@@ -3,8 +3,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+import pytest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    enable_created_metrics,
+    generate_latest,
+)
+from prometheus_client import metrics as client_metrics
 
 from service.metrics import LATENCY_BUCKETS, Metrics, Spread
 
@@ -60,7 +71,19 @@ def reference(registry: CollectorRegistry, used: bool = True) -> None:
         lag.observe(seconds)
 
 
-def test_hot_metrics_render_as_prometheus_client_would() -> None:
+@pytest.fixture(params=[True, False], ids=["with _created", "without _created"])
+def created_series(request: pytest.FixtureRequest) -> Iterator[bool]:
+    """Both ways prometheus_client may be set (PROMETHEUS_DISABLE_CREATED_SERIES); the way it
+    was set is restored after."""
+    was = client_metrics._use_created
+    (enable_created_metrics if request.param else disable_created_metrics)()
+    try:
+        yield request.param
+    finally:
+        (enable_created_metrics if was else disable_created_metrics)()
+
+
+def test_hot_metrics_render_as_prometheus_client_would(created_series: bool) -> None:
     metrics = Metrics()
     for route, method, status, seconds in REQUESTS:
         metrics.observe(route, method, status, seconds)
@@ -81,6 +104,7 @@ def test_hot_metrics_render_as_prometheus_client_would() -> None:
         'fv_http_requests_total{method="PUT",route="/features/{id}/vote",status="200"} 3.0' in got
     )
     assert metrics.registry.get_sample_value("fv_ws_frames_total") == 200
+    assert any("_created" in line for line in got) == created_series
 
 
 def test_a_spread_counts_each_amount_in_the_first_bucket_that_holds_it() -> None:
@@ -90,7 +114,7 @@ def test_a_spread_counts_each_amount_in_the_first_bucket_that_holds_it() -> None
     assert spread.counts == [2, 2, 1] and spread.sum == 7.5
 
 
-def test_fresh_metrics_render_as_prometheus_client_would() -> None:
+def test_fresh_metrics_render_as_prometheus_client_would(created_series: bool) -> None:
     """Before any request: the same zeros, and the request families with no series yet."""
     expected = CollectorRegistry()
     reference(expected, used=False)

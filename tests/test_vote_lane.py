@@ -2,8 +2,9 @@
 
 One app is served twice by one runner: through a LaneSite (what `python -m service` serves) and
 through a plain aiohttp TCPSite. Every request in the table goes raw to both and the answers are
-compared (status line, header names and values but Date and X-Request-ID, body); the lane's own
-counters say which requests it answered itself and which connections it handed to aiohttp.
+compared (status line; header names, values and order but Date and X-Request-ID; body); the
+lane's own counters say which requests it answered itself and which connections it handed to
+aiohttp.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class Answer:
         return next((v for k, v in self.headers if k.lower() == name.lower()), None)
 
     def comparable(self) -> tuple[bytes, list[tuple[str, str]], bytes]:
-        fixed = sorted((k.lower(), v) for k, v in self.headers if k.lower() not in VARYING)
+        fixed = [(k.lower(), v) for k, v in self.headers if k.lower() not in VARYING]
         return self.status_line, fixed, self.body
 
 
