@@ -37,7 +37,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -121,10 +121,17 @@ _ONCE: Final = _READ | frozenset(name.encode() for name in SINGLETON_HEADERS)
 # aiohttp's parser refuses a request with more field lines than this (its max_headers); the
 # lane hands over from this many on.
 _MAX_FIELDS: Final = 128
-_COMMON: Final = "".join(f"{k}: {v}\r\n" for k, v in COMMON_HEADERS.items())
+
+
+def _header_lines(headers: Mapping[str, str], skip: str = "") -> str:
+    """Header lines of a response head, each ending in CRLF (`skip`: a name left out)."""
+    return "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != skip)
+
+
+_COMMON: Final = _header_lines(COMMON_HEADERS)
 _JSON_FIELD: Final = f"Content-Type: {JSON}\r\n"
 # (header order as aiohttp writes them: the handler's headers, then Content-Type)
-_NEW_TOKEN_FIELDS: Final = "".join(f"{k}: {v}\r\n" for k, v in NO_STORE.items()) + _JSON_FIELD
+_NEW_TOKEN_FIELDS: Final = _header_lines(NO_STORE) + _JSON_FIELD
 _PHRASES: Final = {s.value: s.phrase for s in HTTPStatus}
 
 
@@ -510,7 +517,7 @@ async def _stats(lane: VoteLane, request: _Request) -> _Answer:
         view, headers = await stats_view(lane.app, request.authorization)
     except Exception as exc:
         return _problem(exc, request, request.route, None)
-    fields = "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+    fields = _header_lines(headers)
     if etag_matches(request.if_none_match, view.etag):
         return 304, b"", fields, None
     return 200, view.body, fields + _JSON_FIELD, None
@@ -520,7 +527,7 @@ def _problem(exc: Exception, request: _Request, path: str, voter: str | None) ->
     problem = problem_from(exc) or internal_error(request.method, path)
     payload = problem.body
     assert isinstance(payload, bytes)
-    fields = "".join(f"{k}: {v}\r\n" for k, v in problem.headers.items() if k != "Content-Length")
+    fields = _header_lines(problem.headers, skip="Content-Length")  # (the head writes its own)
     return problem.status, payload, fields, voter
 
 
