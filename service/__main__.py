@@ -17,7 +17,6 @@ from .app import create_app, make_runner
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
 from .logs import SHOWS_TOKEN, setup_logging
-from .votelane import LaneSite
 
 log = logging.getLogger("service")
 
@@ -58,11 +57,7 @@ async def serve(settings: Settings) -> None:
     runner = make_runner(app, settings)
     await runner.setup()
     try:
-        site = (
-            LaneSite(runner, settings.host, settings.port)
-            if settings.vote_lane
-            else web.TCPSite(runner, settings.host, settings.port)
-        )
+        site = web.TCPSite(runner, settings.host, settings.port)
         await site.start()
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -80,7 +80,7 @@ def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
 
 
 def voter_claims(tokens: Tokens, authorization: str) -> Claims:
-    """claims_of for a caller without an aiohttp request (service/votelane.py)."""
+    """claims_of for a caller without an aiohttp request."""
     return require_role(tokens.verify(bearer_token(authorization)), Role.VOTER)
 
 
@@ -186,7 +186,7 @@ async def stats(request: web.Request) -> web.Response:
 async def stats_view(
     app: web.Application, authorization: str | None
 ) -> tuple[StatsView, dict[str, str]]:
-    """The stats the caller may see and the headers of their answer (this module's handler and
+    """The stats the caller may see and the headers of their answer
     service/votelane.py alike)."""
     view = await app[keys.STORE].stats(audience_from(app[keys.TOKENS], authorization))
     # The ETag names the audience whenever the audiences' bodies differ, so an admin's tag never
@@ -379,7 +379,7 @@ async def issue_token(request: web.Request) -> web.Response:
 async def new_voter(
     app: web.Application, remote: str | None, forwarded_for: str | None
 ) -> TokenOut:
-    """A new anonymous voter's token, within the per-address rate (this module's handler and
+    """A new anonymous voter's token, within the per-address rate
     service/votelane.py alike)."""
     limits = app[keys.RATE_LIMITS]
     await limits.check(limits.token, limits.address(remote, forwarded_for))

@@ -92,7 +92,6 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ws_heartbeat: NonNegativeFloat = 30.0
     ws_idle_timeout: NonNegativeFloat = 75.0
     http_keepalive_timeout: PositiveFloat = 75.0
-    vote_lane: bool = True
     ws_buffer_limit: Annotated[int, msgspec.Meta(ge=1024)] = 256 * 1024
     ws_send_buffer: Annotated[int, msgspec.Meta(ge=0, le=16 * 1024 * 1024)] = 64 * 1024
     slow_client_timeout: PositiveFloat = 5.0

@@ -202,7 +202,7 @@ def write_access(
     remote: str | None,
     voter: str | None,
 ) -> None:
-    """The access line itself, for aiohttp's requests and the vote lane's alike."""
+    """The access line itself."""
     if not access_log.isEnabledFor(logging.INFO):
         return
     fields: dict[str, Any] = {

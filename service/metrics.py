@@ -12,13 +12,13 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterable, Iterator
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client import metrics as client_metrics
-from prometheus_client.core import CounterMetricFamily, Metric
+from prometheus_client.core import Metric
 from prometheus_client.utils import floatToGoString
 
 from .logs import REQUEST_ID_HEADER, log_access, request_id
@@ -27,13 +27,6 @@ LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 
 UNMATCHED_ROUTE: Final = "unmatched"
 KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 T = TypeVar("T")
-
-
-class LaneCounts(Protocol):
-    """What the vote lane (service/votelane.py) counts, read when /metrics is scraped."""
-
-    answered: int
-    handed_over: int
 
 
 class Tally:
@@ -148,25 +141,6 @@ class _HotCollector:
         )
 
 
-class _LaneCollector:
-    """The lanes' plain int counters as Prometheus counters: nothing to do per request."""
-
-    def __init__(self, lanes: list[LaneCounts]) -> None:
-        self._lanes = lanes
-
-    def collect(self) -> Iterator[Metric]:
-        yield CounterMetricFamily(
-            "fv_vote_lane_answered",
-            "Vote requests answered by the vote lane (the others by aiohttp)",
-            value=sum(lane.answered for lane in self._lanes),
-        )
-        yield CounterMetricFamily(
-            "fv_vote_lane_handed_over",
-            "Connections the vote lane handed to aiohttp (another route, or an unusual request)",
-            value=sum(lane.handed_over for lane in self._lanes),
-        )
-
-
 class Metrics:
     """Requests by route and status, request latency, votes and features."""
 
@@ -196,8 +170,6 @@ class Metrics:
             "Clients closed after ws_idle_timeout without a message or pong",
             registry=self.registry,
         )
-        self.lanes: list[LaneCounts] = []
-        self.registry.register(_LaneCollector(self.lanes))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         key = (route, method, status)
