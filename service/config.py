@@ -101,8 +101,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     access_log: bool = True
     cors_origins: tuple[str, ...] = ()
     max_header_size: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8190
-    token_rate: NonNegativeFloat = 120.0
-    token_burst: NonNegativeInt = 60
+    # A room behind one NAT shares an address: 1,000 people join within 30 s (ADR-011).
+    token_rate: NonNegativeFloat = 1800.0
+    token_burst: NonNegativeInt = 200
     vote_rate: NonNegativeFloat = 60.0
     vote_burst: NonNegativeInt = 20
     create_rate: NonNegativeFloat = 10.0
