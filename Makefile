@@ -60,7 +60,8 @@ lint: $(VENV)/.dev
 		"no route to PyPI's vulnerability API from here; run 'make audit' where there is one" >&2; fi
 
 # Benchmarks (bench/README in bench/RESULTS.md): fan-out against a floor and two peers with a Node
-# `ws` client fleet, REST against a trivial handler with wrk, the cluster over Redis, board size.
+# `ws` client fleet, REST against a trivial aiohttp handler and a FastAPI + uvicorn vote peer with
+# wrk, the cluster over Redis, board size. Every request goes through aiohttp (no vote lane).
 # Each writes bench/results/<name>.md/.json; report.py assembles bench/RESULTS.md and fanout.py
 # draws bench/fanout.png. Run it on a quiet machine (~1 h); `make bench-quick` is a smoke run.
 BENCHES := fanout rest cluster boardsize

@@ -22,7 +22,7 @@ BENCH = Path(__file__).resolve().parent
 RESULTS = BENCH / "results"
 SECTIONS = (
     ("fanout", "Fan-out: vote → screen latency, CPU per frame, memory (bench/fanout.py)"),
-    ("rest", "REST: requests/s against a trivial aiohttp handler (bench/rest.py)"),
+    ("rest", "REST: against a trivial aiohttp handler and a FastAPI peer (bench/rest.py)"),
     ("cluster", "Cluster: cross-instance, two instances on two cores, slow clients"),
     ("boardsize", "Board size: vote and stats cost at 10 to 100,000 features"),
 )

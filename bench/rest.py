@@ -1,28 +1,34 @@
-"""REST benchmark: our hot endpoints against a trivial aiohttp handler, same wrk, same cores.
+"""REST benchmark: our hot endpoints against a trivial aiohttp handler and a FastAPI peer.
 
-    .venv/bin/python bench/rest.py            # 3 repetitions, 10 s per endpoint and server (~6 min)
+    .venv/bin/python bench/rest.py            # 3 repetitions, 10 s per endpoint and server (~7 min)
     .venv/bin/python bench/rest.py --quick    # 1 repetition of 2 s (< 1 min)
 
-Needs wrk (Debian: apt-get install wrk). Every repetition starts two servers as subprocesses pinned
-to CPU 0 (taskset): ours (`python -m service` with its defaults, access log included, JSON lines
-to a temporary file, but rate limits off: every request comes from 127.0.0.1) and the reference
-(bench/rest_trivial.py: one aiohttp handler answering anything with a small JSON body, served like
-the service: AppRunner, uvloop, one process). Ours gets --features features and --voters voter
-tokens through the API. A 1 s warm-up of votes (on another feature) hits each server, then for
-every endpoint the trivial server and ours in turn (order swapped every repetition) are loaded by
-`wrk -t1 -c50 --latency -s bench/rest_wrk.lua`, pinned to CPU 1, with exactly the same requests:
+Needs wrk (Debian: apt-get install wrk) and bench/requirements.txt (FastAPI, uvicorn). Every
+repetition starts three servers as subprocesses pinned to CPU 0 (taskset): ours (`python -m
+service` with its defaults: every request through aiohttp's one pipeline, every middleware, the
+access log on, JSON lines to a temporary file; rate limits off: every request comes from
+127.0.0.1), the reference (bench/rest_trivial.py: one aiohttp handler answering anything with a
+small JSON body, served like the service: AppRunner, uvloop, one process) and the vote peer
+(bench/peer_fastapi.py: the seed's ADR-003 snippet in FastAPI + pydantic + PyJWT with cached
+verification + one asyncio.Lock, on uvicorn with uvloop and httptools, no access log). Ours and
+the peer get --features features and --voters voter tokens through their APIs. A 1 s warm-up of
+votes (on another feature) hits each server, then for every endpoint the servers in turn (order
+rotated every repetition) are loaded by `wrk -t1 -c50 --latency -s bench/rest_wrk.lua`, pinned
+to CPU 1, with exactly the same requests (the peer serves the vote only):
   vote       PUT /features/{id}/vote with a Bearer token; the voters take turns and each one
-             alternates {"value":1} / {"value":-1}, so every request moves a vote; checked: the
-             stats `seq` grows by the number of 200 answers (plus requests in flight at the stop)
+             alternates {"value":1} / {"value":-1}, so every request moves a vote; checked on
+             ours and the peer: the stats `seq` grows by the number of 200 answers (plus
+             requests in flight at the stop)
   stats      GET /features/stats
   stats-304  GET /features/stats with If-None-Match: <the current ETag> (ours answers 304)
   list       GET /features (the first page: every seeded feature)
 Reported per endpoint: medians of requests/s, p50 and p99 (wrk --latency), ours ÷ trivial as a
-ratio of the medians, the response statuses (counted by the Lua script), wrk's CPU and the
-server's CPU (utime+stime from /proc/<pid>/stat over the run, % of one core: wrk near 100 % means
-the generator, not the server, was the limit), the server's CPU per answered request (its ratio
+ratio of the medians, ours ÷ the peer on the vote (requests/s, and server CPU per vote: the
+target), the response statuses (counted by the Lua script), wrk's CPU and the server's CPU
+(utime+stime from /proc/<pid>/stat over the run, % of one core: wrk near 100 % means the
+generator, not the server, was the limit), the server's CPU per answered request (its ratio
 holds however much of CPU 0 other processes took), and CPU used by other processes meanwhile.
-Before each pair of runs it waits (bounded) for the machine to be quiet. Writes
+Before each endpoint's runs it waits (bounded) for the machine to be quiet. Writes
 <output-dir>/rest.md (a `## REST` section) and rest.json (--quick: rest-quick.md and .json).
 Everything listens on and talks to 127.0.0.1; every subprocess is stopped in `finally` and gets
 SIGKILL if this process dies.
@@ -60,9 +66,11 @@ ROOT = BENCH.parent
 LUA = BENCH / "rest_wrk.lua"
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGET_VOTE_RATIO = 0.7
+TARGET_VOTE_RATIO = 0.5  # vote requests/s ÷ trivial handler, at least
+TARGET_PEER_CPU_RATIO = 0.5  # our CPU per vote ÷ the FastAPI peer's, at most
 SATURATED_PCT = 90.0  # wrk above this % of its core: the generator may be the limit
-SERVERS = ("trivial", "ours")
+SERVERS = ("trivial", "ours", "fastapi")
+PEER_LABEL = "FastAPI + uvicorn (bench/peer_fastapi.py)"
 UNLIMITED: dict[str, str] = {
     f"FV_{name}": "0" for name in ("TOKEN_RATE", "VOTE_RATE", "CREATE_RATE", "WS_CONNECT_RATE")
 }
@@ -72,14 +80,16 @@ UNLIMITED: dict[str, str] = {
 class Endpoint:
     name: str
     label: str
+    servers: tuple[str, ...] = ("trivial", "ours")
 
 
 ENDPOINTS = (
-    Endpoint("vote", "PUT /features/{id}/vote (token, alternating ±1)"),
+    Endpoint("vote", "PUT /features/{id}/vote (token, alternating ±1)", SERVERS),
     Endpoint("stats", "GET /features/stats"),
     Endpoint("stats-304", "GET /features/stats, If-None-Match: current ETag"),
     Endpoint("list", "GET /features"),
 )
+SEEDED = ("ours", "fastapi")  # servers with tokens, features and a stats `seq` to check
 
 
 # --- processes and /proc (small helpers as in bench/fanout.py) ---------------------------------
@@ -161,6 +171,9 @@ def start_server(
         cmd = [*pin, python, "-m", "service"]
         env.update(FV_SECRET=secrets.token_urlsafe(32), FV_HOST=HOST, PORT=str(port), **UNLIMITED)
         env.update(extra)
+    elif kind == "fastapi":
+        cmd = [*pin, python, str(BENCH / "peer_fastapi.py"), "--host", HOST, "--port", str(port)]
+        env.update(PEER_SECRET=secrets.token_urlsafe(32))
     else:
         cmd = [*pin, python, str(BENCH / "rest_trivial.py"), "--host", HOST, "--port", str(port)]
     with log.open("wb") as out:
@@ -341,21 +354,36 @@ def measure_rep(rep: int, args: argparse.Namespace, ctx: dict[str, Any], runs: l
                 kind, ctx["python"], ctx["server_pin"], ctx["logdir"], ctx["ours_env"]
             )
         ours = servers["ours"]
-        tokens, ids = seed(ours.port, args.voters, args.features)
-        tokens_file = ctx["logdir"] / "tokens.txt"
-        tokens_file.write_text("\n".join(tokens) + "\n")
-        vote_args = ["vote", f"/features/{ids[0]}/vote", str(tokens_file)]
-        for server in servers.values():  # warm-up votes on another feature
-            warm = ["vote", f"/features/{ids[1]}/vote", str(tokens_file)]
-            run_wrk(server, ENDPOINTS[0], rep, warm, args.warmup, args.connections, ctx["wrk_pin"])
-        order = SERVERS if rep % 2 else SERVERS[::-1]
+        vote_args: dict[str, list[str]] = {}
+        warm_args: dict[str, list[str]] = {}
+        for kind in SEEDED:  # each its own voters and features; the trivial one votes as ours
+            tokens, ids = seed(servers[kind].port, args.voters, args.features)
+            tokens_file = ctx["logdir"] / f"tokens-{kind}.txt"
+            tokens_file.write_text("\n".join(tokens) + "\n")
+            vote_args[kind] = ["vote", f"/features/{ids[0]}/vote", str(tokens_file)]
+            warm_args[kind] = ["vote", f"/features/{ids[1]}/vote", str(tokens_file)]
+        vote_args["trivial"], warm_args["trivial"] = vote_args["ours"], warm_args["ours"]
+        for kind, server in servers.items():  # warm-up votes on another feature
+            run_wrk(
+                server,
+                ENDPOINTS[0],
+                rep,
+                warm_args[kind],
+                args.warmup,
+                args.connections,
+                ctx["wrk_pin"],
+            )
+        shift = (rep - 1) % len(SERVERS)
+        rotated = SERVERS[shift:] + SERVERS[:shift]  # each server first in turn
         for endpoint in ENDPOINTS:
             waited = wait_quiet(args.quiet_below, args.quiet_wait)
-            for kind in order:
+            for kind in (k for k in rotated if k in endpoint.servers):
                 server = servers[kind]
-                seq0, etag = stats_seq_etag(ours.port)
+                checked = servers[kind] if kind in SEEDED else ours
+                seq0, _ = stats_seq_etag(checked.port)
+                etag = stats_seq_etag(ours.port)[1]
                 lua_args = {
-                    "vote": vote_args,
+                    "vote": vote_args[kind],
                     "stats": ["get", "/features/stats"],
                     "stats-304": ["get", "/features/stats", etag],
                     "list": ["get", "/features"],
@@ -375,12 +403,13 @@ def measure_rep(rep: int, args: argparse.Namespace, ctx: dict[str, Any], runs: l
                     runs.append(Run(endpoint.name, kind, rep, error=str(exc)[:500]))
                     continue
                 run.quiet_wait_s = waited
-                if endpoint.name == "vote" and kind == "ours":
+                if endpoint.name == "vote" and kind in SEEDED:
                     time.sleep(0.3)  # requests in flight when wrk stopped still land
-                    run.seq_delta = stats_seq_etag(ours.port)[0] - seq0
+                    run.seq_delta = stats_seq_etag(checked.port)[0] - seq0
                 runs.append(run)
                 print(
                     f"  rep {rep} {endpoint.name:<9} {kind:<7} {run.rps:9.0f} req/s  "
+                    f"{run.server_us_per_req:6.1f} µs/req  "
                     f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  statuses "
                     f"{fmt_statuses(run.statuses)}  wrk CPU {run.wrk_cpu_pct:3.0f}%  server "
                     f"CPU {run.server_cpu_pct:3.0f}%  other {run.other_cpu_pct:3.0f}%"
@@ -414,6 +443,17 @@ def fmt_statuses(statuses: dict[str, int]) -> str:
 KEYS = ("rps", "p50_ms", "p99_ms", "wrk_cpu_pct", "server_cpu_pct", "server_us_per_req")
 
 
+def per_rep(runs: list[Run], a: str, b: str, key: str) -> list[float]:
+    """Server a's figure ÷ server b's, for each repetition that has both."""
+    by_rep = {(r.rep, r.server): r for r in runs}
+    reps = sorted({r.rep for r in runs})
+    return [
+        getattr(by_rep[n, a], key) / getattr(by_rep[n, b], key)
+        for n in reps
+        if (n, a) in by_rep and (n, b) in by_rep
+    ]
+
+
 def summarize(runs: list[Run], connections: int) -> list[dict[str, Any]]:
     rows = []
     for endpoint in ENDPOINTS:
@@ -433,22 +473,25 @@ def summarize(runs: list[Run], connections: int) -> list[dict[str, Any]]:
         row["wrk_cpu_max_pct"] = max((r.wrk_cpu_pct for r in rs), default=math.nan)
         row["other_cpu_max_pct"] = max((r.other_cpu_pct for r in rs), default=math.nan)
         row["rps_ratio"] = row["ours_rps"] / row["trivial_rps"]
-        pairs = [[r for r in rs if r.rep == n] for n in sorted({r.rep for r in rs})]
-        row["rps_ratio_per_rep"] = [
-            p[0].rps / p[1].rps if p[0].server == "ours" else p[1].rps / p[0].rps
-            for p in pairs
-            if len(p) == 2
-        ]
+        row["rps_ratio_per_rep"] = per_rep(rs, "ours", "trivial", "rps")
         row["p99_ratio"] = row["ours_p99_ms"] / row["trivial_p99_ms"]
         # The same ratio from CPU per request: holds even when others take part of the core.
         row["cpu_ratio"] = row["trivial_server_us_per_req"] / row["ours_server_us_per_req"]
         if endpoint.name == "vote":
-            checked = [r for r in rs if r.seq_delta is not None]
-            ok = sum(r.statuses.get("200", 0) for r in checked)
-            delta = sum(r.seq_delta or 0 for r in checked)
-            row["votes_ok"], row["seq_delta"] = ok, delta
-            # wrk stops with up to `connections` requests sent but not yet answered.
-            row["every_vote_changed"] = ok <= delta <= ok + connections * len(checked)
+            # Against the peer: our CPU per vote ÷ its (the target), and req/s ours ÷ its.
+            row["peer_cpu_ratio"] = row["ours_server_us_per_req"] / row["fastapi_server_us_per_req"]
+            row["peer_cpu_ratio_per_rep"] = per_rep(rs, "ours", "fastapi", "server_us_per_req")
+            row["peer_rps_ratio"] = row["ours_rps"] / row["fastapi_rps"]
+            row["peer_p99_ratio"] = row["ours_p99_ms"] / row["fastapi_p99_ms"]
+            for kind in SEEDED:
+                checked = [r for r in rs if r.server == kind and r.seq_delta is not None]
+                ok = sum(r.statuses.get("200", 0) for r in checked)
+                delta = sum(r.seq_delta or 0 for r in checked)
+                row[f"{kind}_votes_ok"], row[f"{kind}_seq_delta"] = ok, delta
+                # wrk stops with up to `connections` requests sent but not yet answered.
+                row[f"{kind}_every_vote_changed"] = bool(checked) and (
+                    ok <= delta <= ok + connections * len(checked)
+                )
         rows.append(row)
     return rows
 
@@ -460,10 +503,11 @@ def render(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) ->
         f"- date: {meta['date']}",
         f"- machine: {meta['nproc']} CPUs, {meta['cpu']}; {meta['kernel']}",
         f"- software: Python {meta['python']}, aiohttp {meta['aiohttp']}, event loop "
-        f"{meta['loop']} (both servers); {meta['wrk']}",
+        f"{meta['loop']} (ours and trivial); {meta['peer_software']} (the peer); {meta['wrk']}",
         f"- code measured: {meta['code']}",
         f"- our service's settings: {meta['settings']}",
         f"- trivial reference: {meta['reference']}",
+        f"- vote peer: {meta['peer']}",
         f"- pinning: {meta['pinning']}",
         f"- load: {meta['load']}",
         f"- reproduce: `{meta['command']}` (from the project root)",
@@ -512,6 +556,33 @@ def render(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) ->
         f"(per repetition: {', '.join(fmt(x, 2) for x in vote['rps_ratio_per_rep'])}; "
         f"by CPU per request: {fmt(vote['cpu_ratio'], 2)}).",
         "",
+        f"**Target:** our server CPU per vote ÷ the same vote on {PEER_LABEL} "
+        f"≤ {TARGET_PEER_CPU_RATIO}: {fmt(vote['peer_cpu_ratio'], 2)}, "
+        f"{'met' if meta['peer_target_met'] else 'missed'} (per repetition: "
+        f"{', '.join(fmt(x, 2) for x in vote['peer_cpu_ratio_per_rep'])}).",
+        "",
+        f"The vote, side by side (medians; {PEER_LABEL} serves the same contract: a token from "
+        "its `POST /auth/token`, the same body, the same `200` JSON):",
+        "",
+        "| server | req/s | CPU µs/vote | votes/s per core (10⁶ ÷ µs) | p50 ms | p99 ms "
+        "| server CPU % | wrk CPU % | statuses |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        *(
+            f"| {name} | {fmt(vote[f'{k}_rps'], 0)} | {fmt(vote[f'{k}_server_us_per_req'])} "
+            f"| {fmt(1e6 / vote[f'{k}_server_us_per_req'], 0)} "
+            f"| {fmt(vote[f'{k}_p50_ms'], 2)} | {fmt(vote[f'{k}_p99_ms'], 2)} "
+            f"| {fmt(vote[f'{k}_server_cpu_pct'], 0)} | {fmt(vote[f'{k}_wrk_cpu_pct'], 0)} "
+            f"| {fmt_statuses(vote[f'{k}_statuses'])} |"
+            for k, name in (
+                ("ours", "ours (`python -m service`, every middleware, access line on)"),
+                ("fastapi", PEER_LABEL),
+                ("trivial", "trivial aiohttp handler"),
+            )
+        ),
+        "",
+        f"Ours ÷ peer: req/s {fmt(vote['peer_rps_ratio'], 2)}, p99 "
+        f"{fmt(vote['peer_p99_ratio'], 2)}, CPU per vote {fmt(vote['peer_cpu_ratio'], 2)}.",
+        "",
         f"**Load generator:** wrk used at most {fmt(wrk_max, 0)} % of its core in any run: "
         + (
             f"saturated ({', '.join(saturated)}), so those servers may be faster than shown."
@@ -525,10 +596,15 @@ def render(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) ->
         "lowers req/s but not CPU µs/req. "
         f"Socket errors: {errors}; failed runs: {len(runs) - len(ok)}.",
         "",
-        f"**Every vote changed state:** {'yes' if vote.get('every_vote_changed') else 'NO'} — "
-        f"the stats `seq` grew by {vote.get('seq_delta', 'n/a')} over the measured vote runs "
-        f"for {vote.get('votes_ok', 'n/a')} answers `200` (the difference, ≤ {meta['connections']}"
-        " a run, is requests in flight when wrk stopped).",
+        "**Every vote changed state:** "
+        + "; ".join(
+            f"{kind}: {'yes' if vote.get(f'{kind}_every_vote_changed') else 'NO'} (the stats "
+            f"`seq` grew by {vote.get(f'{kind}_seq_delta', 'n/a')} over the measured vote runs "
+            f"for {vote.get(f'{kind}_votes_ok', 'n/a')} answers `200`)"
+            for kind in SEEDED
+        )
+        + f"; the difference, ≤ {meta['connections']} a run, is requests in flight when wrk "
+        "stopped.",
         "",
         "Every run:",
         "",
@@ -564,6 +640,14 @@ def versions(python: str) -> dict[str, str]:
         [python, "-c", code], capture_output=True, text=True, timeout=30, check=True
     ).stdout.strip()
     py, aio, loop = out.split("|")
+    peer_code = (
+        "import importlib.metadata as m\n"
+        "names = ('fastapi', 'starlette', 'pydantic', 'uvicorn', 'uvloop', 'httptools', 'PyJWT')\n"
+        "print(', '.join(f'{n} {m.version(n)}' for n in names))\n"
+    )
+    peer = subprocess.run(
+        [python, "-c", peer_code], capture_output=True, text=True, timeout=30
+    ).stdout.strip()
     wrk = subprocess.run(["wrk", "-v"], capture_output=True, text=True, timeout=30)
     cpu = "unknown CPU"
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as fh:
@@ -575,6 +659,7 @@ def versions(python: str) -> dict[str, str]:
         "python": py,
         "aiohttp": aio,
         "loop": loop,
+        "peer_software": peer or "NOT INSTALLED (pip install -r bench/requirements.txt)",
         "wrk": " ".join((wrk.stdout or wrk.stderr).split()[:2]),
         "cpu": cpu,
         "nproc": str(os.cpu_count()),
@@ -673,14 +758,18 @@ def main(argv: list[str] | None = None) -> int:
         + " (rate limits off: every request comes from 127.0.0.1); otherwise the defaults "
         "(access log on: one JSON line per request, to a file)",
         reference='bench/rest_trivial.py, `web.json_response({"ok": true})` for any request',
+        peer="bench/peer_fastapi.py: the seed's ADR-003 snippet as a user would write it "
+        "(FastAPI, a pydantic body, PyJWT HS256 with verified tokens cached in an lru_cache and "
+        "`exp` checked on every use, one asyncio.Lock around an in-memory store; uvicorn with "
+        "uvloop and httptools, one process, no access log); it serves the vote only",
         pinning="servers on CPU 0, wrk and this orchestrator on CPU 1 (taskset)"
         if pinned
         else "not pinned",
         load=f"`wrk -t1 -c{args.connections} -d{args.duration}s --latency -s "
-        f"bench/rest_wrk.lua`, the same requests to both servers; {args.voters} voters taking "
+        f"bench/rest_wrk.lua`, the same requests to every server; {args.voters} voters taking "
         f"turns on one feature; {args.features} features seeded; {args.warmup} s of warm-up "
-        f"votes per server; {args.reps} repetition(s), both servers restarted for each, "
-        "their order swapped every repetition",
+        f"votes per server; {args.reps} repetition(s), every server restarted for each, "
+        "their order rotated every repetition",
         command=" ".join([".venv/bin/python", "bench/rest.py", *map(shlex.quote, argv)]),
         connections=args.connections,
     )
@@ -706,6 +795,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = summarize(runs, args.connections)
     ratio = rows[0]["rps_ratio"]
     meta["target_met"] = bool(ratio >= TARGET_VOTE_RATIO)
+    peer_ratio = rows[0]["peer_cpu_ratio"]
+    meta["peer_target_met"] = bool(peer_ratio <= TARGET_PEER_CPU_RATIO)
     text = render(rows, runs, meta)
     args.output_dir.mkdir(parents=True, exist_ok=True)
     stem = args.output_dir / ("rest-quick" if args.quick else "rest")
@@ -718,7 +809,14 @@ def main(argv: list[str] | None = None) -> int:
                 "value": None if math.isnan(ratio) else round(ratio, 3),
                 "target": f"≥ {TARGET_VOTE_RATIO}",
                 "met": meta["target_met"],
-            }
+                "note": "through aiohttp's full pipeline, every middleware, the access line on",
+            },
+            {
+                "figure": "server CPU per vote ÷ FastAPI + uvicorn peer",
+                "value": None if math.isnan(peer_ratio) else round(peer_ratio, 3),
+                "target": f"≤ {TARGET_PEER_CPU_RATIO}",
+                "met": meta["peer_target_met"],
+            },
         ],
         "rows": rows,
         "runs": [asdict(r) for r in runs],
