@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PY := $(BIN)/python
 
-.PHONY: run run-cluster test lint audit bench bench-quick bench-tools fmt clean
+.PHONY: run run-cluster test screenshots lint audit bench bench-quick bench-tools fmt clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,11 @@ run-cluster: $(VENV)/.runtime
 
 test: $(VENV)/.dev
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The README's docs/img/*.png from a seeded board in Debian's Chromium (tests/screenshots.py);
+# `make test` only checks that this works, into a temporary directory.
+screenshots: $(VENV)/.dev
+	$(PY) -m tests.screenshots
 
 # pip-audit needs PyPI's vulnerability API (pypi.org/pypi/<name>/<version>/json); where that is
 # unreachable (a registry mirror only) lint says so loudly and `make audit` fails instead.

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any, Final
 
 import pytest
-import redis
 from aiohttp import ClientWebSocketResponse, WSCloseCode, WSMsgType
+from redis import asyncio as aioredis
 
 from service.app import create_app
 from service.auth import Role
@@ -27,6 +27,7 @@ from service.store import redis as redis_store
 from .conftest import AiohttpClient, Client, bearer, create_feature, make_settings, stats
 from .redis_support import PrivateRedis, TestRedisStore, private_redis
 from .test_ws import receive_json, receive_until
+from .waiting import eventually
 
 PROBLEM: Final = "application/problem+json"
 FAIL_FAST: Final = 2.0  # a request to a dead or frozen Redis is answered within this
@@ -209,29 +210,46 @@ async def test_change_missed_by_the_subscription_is_pushed_after_resync(
     tmp_path: Path, aiohttp_client: AiohttpClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Pub/sub drops what is published while a subscriber is away; the resync covers it."""
-    # A window wide enough that a loaded CI machine still runs the next lines inside it.
-    monkeypatch.setattr(redis_store, "RECONNECT_MIN", 3.0)
+    # The store waits this long before it subscribes again. redis-py never re-subscribes
+    # beneath it (no 0 -> 1 -> 0 blip), so the count only goes back up after this wait:
+    # "no subscriber after the vote" then proves the vote was published to nobody.
+    monkeypatch.setattr(redis_store, "RECONNECT_MIN", 5.0)
     with private_redis(tmp_path, persistent=False) as server:
         async with instance(aiohttp_client, server.url) as (client, store_a):
             other = TestRedisStore(server.url, prefix=store_a.prefix)  # "instance B"
-            admin_redis = redis.Redis(port=server.port)
+            admin_redis = aioredis.Redis(port=server.port)
+            channel = store_a.prefix + "changes"
+
+            async def subscribers() -> int:
+                found = await admin_redis.pubsub_numsub(channel)
+                return int(found[0][1])
+
+            async def unsubscribed() -> bool:
+                return await subscribers() == 0
+
+            # Only a published message or the resync tells store A of B's changes (a stats read
+            # does not notify), so A's listener hearing of B's vote proves the resync ran.
+            heard: list[int] = []
+            store_a.subscribe(heard.append)
             try:
                 fid = (await create_feature(client, admin(client), "f"))["id"]
                 ws = await client.ws_connect("/ws")
                 await receive_json(ws)
-                await asyncio.sleep(0.1)  # let the broadcaster go idle: it has nothing to push
-                channel = store_a.prefix + "changes"
-                admin_redis.client_kill_filter(_type="pubsub")
-                assert admin_redis.pubsub_numsub(channel) == [(channel.encode(), 0)]
+                assert await subscribers() == 1
+                await admin_redis.client_kill_filter(_type="pubsub")
+                await eventually(unsubscribed, 5, what="the killed subscription to be gone")
                 await other.set_vote("someone", fid, 1)  # published to nobody
-                assert admin_redis.pubsub_numsub(channel) == [(channel.encode(), 0)]
+                assert await subscribers() == 0, "the store subscribed again before its wait"
                 seq = (await other.stats()).seq
+                assert max(heard) < seq, "store A heard of a change published to nobody"
+                await eventually(lambda: heard[-1] >= seq, 20, what="the resync after subscribing")
+                assert await subscribers() == 1
                 pushed = await receive_until(
                     ws, lambda m: m.get("type") == "stats" and m["seq"] >= seq, 10)
                 assert pushed["stats"]["up"] == 1
                 await ws.close()
             finally:
-                admin_redis.close()
+                await admin_redis.aclose()
                 await other.close()
 
 

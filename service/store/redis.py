@@ -18,7 +18,7 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 from redis import exceptions as rex
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
@@ -540,10 +540,24 @@ class RedisStore(Store):
 
     @contextlib.asynccontextmanager
     async def _pubsub(self) -> AsyncIterator[PubSub]:
+        """A subscription on a connection of its own that redis-py never reconnects by itself."""
+        # redis-py's PubSub runs its retry's failure handler even with zero retries, and that
+        # handler reconnects and re-subscribes; the store would then close that connection in
+        # its own cleanup, and a change published in between is delivered but its resync is
+        # skipped (subscribers 0 -> 1 -> 0). A Retry that supports no error never calls the
+        # handler: a failure surfaces here and _follow alone reconnects, always with a resync.
+        pool = ConnectionPool(
+            connection_class=self._pool.connection_class,
+            max_connections=1,
+            **{
+                **self._pool.connection_kwargs,
+                "retry": Retry(NoBackoff(), 0, supported_errors=()),
+            },
+        )
         # Subscribe confirmations and pongs are kept: any message proves the link is alive.
         # (redis-py 8.1 with decode_responses mangles a subscribed-mode PONG into a message of
         # type "P", which ignore_subscribe_messages would hide.)
-        pubsub = self._redis.pubsub()
+        pubsub = PubSub(pool)
         try:
             yield pubsub
         finally:
@@ -551,6 +565,8 @@ class RedisStore(Store):
             with contextlib.suppress(Exception):
                 async with asyncio.timeout(self._deadline):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await pool.aclose()
 
     async def _follow(self) -> None:
         """Forever: subscribe, resync, relay each published seq; reconnect with backoff."""
