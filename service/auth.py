@@ -107,6 +107,10 @@ class Tokens:
         claims = self._decode(token)
         if claims.exp <= now:
             raise TokenInvalid("token has expired")
+        # Signed by us, yet living longer than its role allows: minted with a leaked key or by
+        # an old build; a lifetime is a promise of the server, not of the token.
+        if claims.exp - claims.iat > self._ttl[claims.role]:
+            raise TokenInvalid("token lifetime exceeds what its role allows")
         self._cache[token] = claims
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
