@@ -84,7 +84,8 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await limits.check(limits.ws_connect, client_of(request))
     ws = web.WebSocketResponse(
         compress=False,
-        max_msg_size=settings.ws_max_msg_size,
+        # aiohttp refuses a message of max_msg_size bytes or more; ours may be exactly the setting.
+        max_msg_size=settings.ws_max_msg_size + 1,
         autoping=False,  # PINGs are the broadcaster's sweep; PONGs come here as proof of life
     )
     if not ws.can_prepare(request).ok:
