@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Final
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from . import keys
 from .app import create_app, make_runner
@@ -19,6 +20,7 @@ from .config import ConfigError, Settings, load_settings
 from .logs import SHOWS_TOKEN, setup_logging
 
 log = logging.getLogger("service")
+MIN_WAIT: Final = 0.01  # seconds; the shortest wait handed to aiohttp's shutdown
 
 
 _SERVE_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -77,15 +79,42 @@ async def serve(settings: Settings) -> None:
                 extra={SHOWS_TOKEN: True},  # the one line allowed to show a token
             )
         await stop.wait()
-        lifecycle = app[keys.LIFECYCLE]
-        log.info("draining: readyz answers 503 for %.1fs, then sockets close", settings.drain_delay)
-        lifecycle.draining = True
-        await asyncio.sleep(settings.drain_delay)
-        await site.stop()  # no new connections; requests already in flight may finish
-        await lifecycle.wait_idle(settings.shutdown_timeout)
+        await _drain(app, runner, site, settings)
     finally:
-        await runner.cleanup()
+        await runner.cleanup()  # the app's cleanup (broadcaster, store); no connection is left
     log.info("stopped")
+
+
+async def _drain(
+    app: web.Application, runner: web.AppRunner, site: web.TCPSite, settings: Settings
+) -> None:
+    """readyz 503 for drain_delay; then, within one shutdown_timeout: sockets closed with 1001
+    first (a dashboard need not wait for a slow upload), the listener closed, in-flight requests
+    finished, and the ones still running after the deadline cancelled."""
+    loop = asyncio.get_running_loop()
+    lifecycle = app[keys.LIFECYCLE]
+    log.info("draining: readyz answers 503 for %.1fs, then sockets close", settings.drain_delay)
+    lifecycle.draining = True
+    await asyncio.sleep(settings.drain_delay)
+    deadline = loop.time() + settings.shutdown_timeout
+
+    def left() -> float:
+        return max(0.0, deadline - loop.time())
+
+    with contextlib.suppress(TimeoutError):  # sockets still open are cut by the server below
+        await asyncio.wait_for(
+            app[keys.BROADCASTER].close_all(WSCloseCode.GOING_AWAY, b"server shutdown"), left()
+        )
+    await site.stop()  # no new connections; requests already in flight may finish
+    await lifecycle.wait_idle(left())
+    if lifecycle.inflight:
+        log.warning("shutdown_timeout passed: %d request(s) are cancelled", lifecycle.inflight)
+    server = runner.server
+    if server is not None:
+        # Cancel what still runs now, so runner.cleanup() does not wait a whole
+        # shutdown_timeout again for it. aiohttp reads a timeout of 0 as "none": keep it > 0.
+        server.pre_shutdown()
+        await server.shutdown(max(left(), MIN_WAIT))
 
 
 def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop]:

@@ -111,7 +111,8 @@ async def _run_broadcaster(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _start_draining(app: web.Application) -> None:
-    """Shutdown: readiness fails, and every socket is closed with 1001 so clients move on."""
+    """Shutdown: readiness fails, and every socket is closed with 1001 so clients move on
+    (`serve` has done both before waiting for requests; this covers any other runner)."""
     app[keys.LIFECYCLE].draining = True
     await app[keys.BROADCASTER].close_all(WSCloseCode.GOING_AWAY, b"server shutdown")
 

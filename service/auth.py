@@ -94,6 +94,10 @@ class Tokens:
         )
         return token, claims
 
+    def known(self, token: str) -> bool:
+        """Verified before and still remembered: checking it again costs no signature check."""
+        return token in self._cache
+
     def verify(self, token: str) -> Claims:
         """Claims of a valid token, or TokenInvalid."""
         now = self._clock()
@@ -107,6 +111,10 @@ class Tokens:
         claims = self._decode(token)
         if claims.exp <= now:
             raise TokenInvalid("token has expired")
+        # Signed by us, yet living longer than its role allows: minted with a leaked key or by
+        # an old build; a lifetime is a promise of the server, not of the token.
+        if claims.exp - claims.iat > self._ttl[claims.role]:
+            raise TokenInvalid("token lifetime exceeds what its role allows")
         self._cache[token] = claims
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)

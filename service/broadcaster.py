@@ -1,6 +1,9 @@
 """One broadcaster per instance: coalesce changes, encode each push once per audience, never wait
 on a client. While results are hidden, admin sockets get the real numbers and everyone else the
-hidden view: one frame per audience per push, written to each client as shared bytes.
+hidden view: one frame per audience per push, written to each client as shared bytes (through
+`frames.RawSocket`, which writes nothing once a socket is closing). An admin socket's role ends
+with its token: when the token's `exp` passes, the socket is told so and gets the public frames
+again (one heap of expiries, looked at on every push and sweep; no timer per socket).
 
 It also keeps the sockets alive: one sweep per `heartbeat` writes the same PING frame to every
 client and closes those that sent nothing (no message, no pong) for `idle_timeout`. One timer for
@@ -10,8 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import logging
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,28 +23,14 @@ from typing import Final
 
 from aiohttp import WSCloseCode, web
 
+from .frames import AUTH_ADMIN_FRAME, AUTH_PUBLIC_FRAME, PING_FRAME, RawSocket, text_frame
 from .metrics import Metrics
-from .schemas import AuthOk, encoder
 from .store import Audience, StatsView, Store
 
 # Close code for a client that stayed too far behind (RFC 6455: 1013 "try again later").
 CLOSE_TOO_SLOW: Final = WSCloseCode.TRY_AGAIN_LATER
-_FIN_TEXT: Final = 0x81
-PING_FRAME: Final = b"\x89\x00"  # FIN + PING, unmasked, no payload
-AUTH_OK: Final = encoder.encode(AuthOk(role="admin"))
+NEVER: Final = float("inf")
 log = logging.getLogger(__name__)
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A complete unmasked server-to-client TEXT frame; identical for every client."""
-    size = len(payload)
-    if size < 126:
-        header = struct.pack("!BB", _FIN_TEXT, size)
-    elif size < 1 << 16:
-        header = struct.pack("!BBH", _FIN_TEXT, 126, size)
-    else:
-        header = struct.pack("!BBQ", _FIN_TEXT, 127, size)
-    return header + payload
 
 
 def stats_message(seq: int, stats_body: bytes) -> bytes:
@@ -50,15 +40,20 @@ def stats_message(seq: int, stats_body: bytes) -> bytes:
 
 @dataclass(eq=False, slots=True)
 class Client:
-    """One socket's delivery state: the last seq written, since when it is behind, and when the
-    peer last sent anything (a message or a pong)."""
+    """One socket's delivery state: the last seq written, since when it is behind, when the
+    peer last sent anything (a message or a pong), and until when (wall clock) it is an admin's."""
 
     ws: web.WebSocketResponse
-    transport: asyncio.Transport
+    sock: RawSocket
     seen: float
     seq: int = -1
     behind_since: float | None = None
     audience: Audience = Audience.PUBLIC
+    admin_until: float = NEVER
+
+    @property
+    def transport(self) -> asyncio.Transport:
+        return self.sock.transport
 
 
 @dataclass(slots=True)
@@ -95,11 +90,15 @@ class Broadcaster:
         metrics: Metrics,
         limits: Limits,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self._store = store
         self._metrics = metrics
         self._limits = limits
         self._clock = clock
+        self._wall = wall  # token expiries are wall-clock seconds, as in the tokens
+        self._expiries: list[tuple[float, int, Client]] = []  # heap of admin roles' ends
+        self._order = itertools.count()  # ties in the heap never compare clients
         self._clients: set[Client] = set()
         self._behind: set[Client] = set()
         self._frames = _empty_frames()  # the last pushed frame of each audience
@@ -153,27 +152,48 @@ class Broadcaster:
     async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
         """Register a socket and write the current stats to it first, even mid-interval."""
         snapshot = await self._current(Audience.PUBLIC)
-        client = Client(ws, transport, seen=self._clock())
+        client = Client(ws, RawSocket(ws, transport), seen=self._clock())
         self._clients.add(client)
         self._metrics.ws_clients.inc()
         self._write(client, snapshot, self._clock())
         return client
 
-    async def promote(self, client: Client) -> None:
-        """Give a socket the admin's frames: an ack, then the current admin stats at once.
+    async def promote(self, client: Client, until: float = NEVER) -> None:
+        """Give a socket the admin's frames until `until` (the token's exp, wall clock): an
+        ack, then the current admin stats at once.
 
         The admin frame may carry the seq the client already has (other numbers, same change),
         so the ack tells the client to accept it; after that seq only grows again.
         """
         frame = await self._current(Audience.ADMIN)
-        if client not in self._clients or client.transport.is_closing():
+        if client not in self._clients or not client.sock.open:
             return
         pushed = self._frames[Audience.ADMIN]  # a push may have passed during the await
         if pushed.seq > frame.seq:
             frame = pushed
         client.audience = Audience.ADMIN
-        client.transport.write(text_frame(AUTH_OK))
+        client.admin_until = until
+        if until != NEVER:
+            heapq.heappush(self._expiries, (until, next(self._order), client))
+        client.sock.write(AUTH_ADMIN_FRAME)
         self._write(client, frame, self._clock())
+
+    def _expire_admins(self) -> None:
+        """Sockets whose admin token expired go back to the public frames, and are told so."""
+        heap, now = self._expiries, self._wall()
+        while heap and heap[0][0] <= now:
+            until, _, client = heapq.heappop(heap)
+            # Stale entries (the socket left, or re-authenticated with a newer token) are skipped.
+            if client.admin_until != until or client not in self._clients:
+                continue
+            client.audience = Audience.PUBLIC
+            client.admin_until = NEVER
+            log.debug("an admin socket's token expired: it gets the public frames now")
+            frame = self._frames[Audience.PUBLIC]
+            # The ack makes the client accept this frame even if its seq is not newer.
+            if client.sock.write(AUTH_PUBLIC_FRAME) and frame.seq >= 0:
+                client.seq = -1
+                self._write(client, frame, self._clock())
 
     def heard(self, client: Client) -> None:
         """The peer sent something (a message or a pong): it is alive."""
@@ -246,6 +266,8 @@ class Broadcaster:
             self._deliver(None)
 
     def _deliver(self, changed_at: float | None) -> None:
+        if self._expiries and self._expiries[0][0] <= self._wall():
+            self._expire_admins()  # before the push: no admin frame reaches an expired role
         now = self._clock()
         frames, limit = self._frames, self._limits.buffer_limit
         sent = 0
@@ -253,15 +275,9 @@ class Broadcaster:
             frame = frames[client.audience]
             if client.seq >= frame.seq:
                 continue
-            transport = client.transport
             # What _write does for a client that keeps up, inline: this runs once per client
             # per push, and the call cost a sixth of the instructions per client (callgrind).
-            if (
-                client.behind_since is None
-                and not transport.is_closing()
-                and transport.get_write_buffer_size() <= limit
-            ):
-                transport.write(frame.data)
+            if client.behind_since is None and client.sock.write_within(frame.data, limit):
                 client.seq = frame.seq
                 sent += 1
             else:
@@ -272,10 +288,10 @@ class Broadcaster:
 
     def _write(self, client: Client, frame: _Frame, now: float) -> int:
         """Write a frame without waiting; track and drop clients that stay behind."""
-        transport = client.transport
-        if transport.is_closing():
+        sock = client.sock
+        if not sock.open:
             return 0
-        if transport.get_write_buffer_size() > self._limits.buffer_limit:
+        if sock.buffered > self._limits.buffer_limit:
             if client.behind_since is None:
                 client.behind_since = now
                 self._behind.add(client)
@@ -285,7 +301,7 @@ class Broadcaster:
         if client.behind_since is not None:
             client.behind_since = None
             self._behind.discard(client)
-        transport.write(frame.data)
+        sock.write(frame.data)
         client.seq = frame.seq
         return 1
 
@@ -298,6 +314,8 @@ class Broadcaster:
 
     def sweep(self) -> None:
         """Close the sockets silent for longer than idle_timeout; ping all the others."""
+        if self._expiries and self._expiries[0][0] <= self._wall():
+            self._expire_admins()
         now, idle = self._clock(), self._limits.idle_timeout
         for client in list(self._clients):
             if idle and now - client.seen > idle:
@@ -305,8 +323,8 @@ class Broadcaster:
                 self._behind.discard(client)
                 self._metrics.ws_idle_closed.inc()
                 self._close_later(client, WSCloseCode.GOING_AWAY, b"idle timeout")
-            elif not client.transport.is_closing():
-                client.transport.write(PING_FRAME)
+            else:
+                client.sock.write(PING_FRAME)
 
     def _drop(self, client: Client) -> None:
         self._clients.discard(client)
@@ -325,4 +343,4 @@ class Broadcaster:
                 client.ws.close(code=code, message=message), self._limits.close_timeout
             )
         except (TimeoutError, ConnectionError):
-            client.transport.abort()
+            client.sock.abort()

@@ -96,6 +96,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     ws_send_buffer: Annotated[int, msgspec.Meta(ge=0, le=16 * 1024 * 1024)] = 64 * 1024
     slow_client_timeout: PositiveFloat = 5.0
     ws_close_timeout: PositiveFloat = 2.0
+    ws_auth_failures_max: PositiveInt = 5
     log_level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
     log_format: Annotated[str, msgspec.Meta(pattern="^(auto|json|text)$")] = "auto"
     access_log: bool = True
@@ -110,6 +111,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     create_burst: NonNegativeInt = 5
     ws_connect_rate: NonNegativeFloat = 120.0
     ws_connect_burst: NonNegativeInt = 60
+    auth_failure_rate: NonNegativeFloat = 60.0
+    auth_failure_burst: NonNegativeInt = 20
     trusted_proxies: tuple[str, ...] = ()
     redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")] = "fv:"
     redis_socket_timeout: PositiveFloat = 1.0

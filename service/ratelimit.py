@@ -22,6 +22,7 @@ MEMORY_MAX_KEYS: Final = 200_000
 GCRA_LUA: Final = """
 local emission = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
+local count = ARGV[3] ~= '0'
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local tat = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -29,6 +30,7 @@ if tat < now then tat = now end
 local next_tat = tat + emission
 local allow_at = next_tat - burst * emission
 if now < allow_at then return allow_at - now end
+if not count then return 0 end
 redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now))
 return 0
 """
@@ -70,9 +72,13 @@ class Limiter(abc.ABC):
             if wait > 0:
                 raise RateLimited(rule.name, wait)
 
+    async def blocked(self, rule: Rule, key: str) -> float:
+        """Seconds until a hit would be allowed, without counting one (0.0: allowed now)."""
+        return await self._wait(rule, key, count=False) if rule.enabled else 0.0
+
     @abc.abstractmethod
-    async def _wait(self, rule: Rule, key: str) -> float:
-        """Seconds until this hit would be allowed (0: allowed, and counted)."""
+    async def _wait(self, rule: Rule, key: str, count: bool = True) -> float:
+        """Seconds until this hit would be allowed (0: allowed, and counted if `count`)."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections."""
@@ -88,7 +94,7 @@ class MemoryLimiter(Limiter):
         self._max_keys = max_keys
         self._clock = clock
 
-    async def _wait(self, rule: Rule, key: str) -> float:
+    async def _wait(self, rule: Rule, key: str, count: bool = True) -> float:
         now = self._clock()
         slot = (rule.name, key)
         tat = max(self._tat.get(slot, now), now)
@@ -96,6 +102,8 @@ class MemoryLimiter(Limiter):
         allow_at = next_tat - rule.burst * rule.emission
         if now < allow_at:
             return allow_at - now
+        if not count:
+            return 0.0
         self._tat[slot] = next_tat
         self._tat.move_to_end(slot)
         if len(self._tat) > self._max_keys:
@@ -127,13 +135,13 @@ class RedisLimiter(Limiter):
         self._prefix = f"{prefix}rl:"
         self._script = self._redis.register_script(GCRA_LUA)
 
-    async def _wait(self, rule: Rule, key: str) -> float:
+    async def _wait(self, rule: Rule, key: str, count: bool = True) -> float:
         from redis.exceptions import RedisError
 
         try:
             ms = await self._script(
                 keys=[f"{self._prefix}{rule.name}:{key}"],
-                args=[rule.emission * 1000, rule.burst],
+                args=[rule.emission * 1000, rule.burst, int(count)],
             )
         except (RedisError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(f"rate limits unavailable: {type(exc).__name__}") from None
@@ -186,6 +194,7 @@ class RateLimits:
     vote: Rule
     create: Rule
     ws_connect: Rule
+    auth_failure: Rule = Rule("auth_failure", 0.0, 0)  # failed token verifications per address
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def address(self, remote: str | None, forwarded_for: str | None) -> str:
@@ -193,6 +202,10 @@ class RateLimits:
 
     async def check(self, rule: Rule, key: str) -> None:
         await self.limiter.hit(rule, key)
+
+    async def blocked(self, rule: Rule, key: str) -> float:
+        """Seconds `key` must wait before `rule` allows it again, without counting (0.0: now)."""
+        return await self.limiter.blocked(rule, key)
 
 
 def rate_limits_from_settings(settings: Settings) -> RateLimits:
@@ -214,5 +227,8 @@ def rate_limits_from_settings(settings: Settings) -> RateLimits:
         vote=Rule("vote", settings.vote_rate, settings.vote_burst),
         create=Rule("create", settings.create_rate, settings.create_burst),
         ws_connect=Rule("ws_connect", settings.ws_connect_rate, settings.ws_connect_burst),
+        auth_failure=Rule(
+            "auth_failure", settings.auth_failure_rate, settings.auth_failure_burst
+        ),
         trusted=trusted_networks(settings.trusted_proxies),
     )

@@ -257,9 +257,10 @@ class Pong(msgspec.Struct, tag="pong", tag_field="type", frozen=True):
 
 
 class AuthOk(msgspec.Struct, tag="auth", tag_field="type", frozen=True):
-    """The socket now gets the admin's frames (real numbers while results are hidden)."""
+    """The socket now gets the frames of `role`: "admin" (real numbers while results are
+    hidden) after an admin token, "public" again once that token expired."""
 
-    role: str
+    role: Literal["admin", "public"]
 
 
 class WsError(msgspec.Struct, tag="error", tag_field="type", frozen=True):

@@ -2,12 +2,18 @@
 an admin's {"type": "auth"} message (which switches the socket to the admin's frames).
 
 The broadcaster sends the keep-alive PINGs (one sweep for every socket); this handler answers
-the client's PINGs and tells the broadcaster whenever the peer sent anything."""
+the client's PINGs and tells the broadcaster whenever the peer sent anything.
+
+Failed token checks are limited per socket (`ws_auth_failures_max`, then close 1008) and per
+address (the `auth_failure` rate rule, looked at before a signature check of a new token). A
+peer that leaves while we write to it is the peer's doing: one debug line, no traceback."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import socket
 from typing import Final
 from urllib.parse import urlsplit
@@ -20,11 +26,13 @@ from .api import client_of
 from .auth import Role, TokenInvalid
 from .broadcaster import Broadcaster, Client
 from .errors import ApiError
+from .ratelimit import RateLimited
 from .schemas import Auth, Pong, WsError, client_message_decoder, encoder
 from .store import StoreUnavailable
 
 PONG: Final = encoder.encode(Pong())
 BINARY_REFUSED: Final = encoder.encode(WsError(detail="send JSON text frames"))
+log = logging.getLogger(__name__)
 
 routes = web.RouteTableDef()
 
@@ -58,21 +66,37 @@ def reply_to(data: str) -> bytes | Auth:
     return message if isinstance(message, Auth) else PONG
 
 
+def _error(detail: str) -> bytes:
+    return encoder.encode(WsError(detail=detail))
+
+
 async def authenticate(
     request: web.Request, broadcaster: Broadcaster, client: Client, auth: Auth
-) -> bytes | None:
-    """An admin token turns the socket into an admin one (the broadcaster acks); else an error."""
+) -> tuple[bytes | None, bool]:
+    """An admin token turns the socket into an admin one until the token expires (the
+    broadcaster acks); else an error. The flag says whether this counts as a failed attempt."""
+    tokens, limits = request.app[keys.TOKENS], request.app[keys.RATE_LIMITS]
+    address = client_of(request)
     try:
-        claims = request.app[keys.TOKENS].verify(auth.token)
-    except TokenInvalid as exc:
-        return encoder.encode(WsError(detail=f"auth: {exc}"))
-    if claims.role is not Role.ADMIN:
-        return encoder.encode(WsError(detail="auth: only an admin token changes what is pushed"))
-    try:
-        await broadcaster.promote(client)
+        if not tokens.known(auth.token):  # a signature check to come: the address may be over
+            wait = await limits.blocked(limits.auth_failure, address)
+            if wait > 0:
+                return _error(
+                    f"auth: too many failed tokens from this address; "
+                    f"try again in {math.ceil(wait)} s"
+                ), True
+        try:
+            claims = tokens.verify(auth.token)
+        except TokenInvalid as exc:
+            with contextlib.suppress(RateLimited):  # counted; the next new token will wait
+                await limits.check(limits.auth_failure, address)
+            return _error(f"auth: {exc}"), True
+        if claims.role is not Role.ADMIN:
+            return _error("auth: only an admin token changes what is pushed"), False
+        await broadcaster.promote(client, until=claims.exp)
     except StoreUnavailable:
-        return encoder.encode(WsError(detail="auth: the store is unavailable; try again"))
-    return None
+        return _error("auth: the store is unavailable; try again"), False
+    return None, False
 
 
 @routes.get("/ws")
@@ -84,8 +108,10 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     await limits.check(limits.ws_connect, client_of(request))
     ws = web.WebSocketResponse(
         compress=False,
-        max_msg_size=settings.ws_max_msg_size,
+        # aiohttp refuses a message of max_msg_size bytes or more; ours may be exactly the setting.
+        max_msg_size=settings.ws_max_msg_size + 1,
         autoping=False,  # PINGs are the broadcaster's sweep; PONGs come here as proof of life
+        timeout=settings.ws_close_timeout,  # for the peer's answer to a Close we send
     )
     if not ws.can_prepare(request).ok:
         raise ApiError(426, "this endpoint speaks WebSocket", headers={"Upgrade": "websocket"})
@@ -100,6 +126,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except StoreUnavailable:  # upgraded already: answer in WebSocket terms, not HTTP
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
         return ws
+    failures = 0
     try:
         async for msg in ws:  # only this task reads the socket
             broadcaster.heard(client)
@@ -109,15 +136,24 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 await ws.pong(msg.data)
             elif msg.type is WSMsgType.TEXT:
                 answer = reply_to(msg.data)
-                reply = (
-                    await authenticate(request, broadcaster, client, answer)
-                    if isinstance(answer, Auth)
-                    else answer
-                )
+                failed = False
+                if isinstance(answer, Auth):
+                    reply, failed = await authenticate(request, broadcaster, client, answer)
+                else:
+                    reply = answer
                 if reply is not None:
                     await ws.send_frame(reply, WSMsgType.TEXT)
+                failures += failed
+                if failures >= settings.ws_auth_failures_max:
+                    await ws.close(
+                        code=WSCloseCode.POLICY_VIOLATION, message=b"too many failed tokens"
+                    )
+                    break
             elif msg.type is WSMsgType.BINARY:
                 await ws.send_frame(BINARY_REFUSED, WSMsgType.TEXT)
+    except ConnectionError as exc:  # aiohttp's ClientConnectionResetError is one
+        # The peer left while a pong or an answer was being written: a client fault.
+        log.debug("ws peer left while we wrote to it: %s", exc)
     finally:
         broadcaster.remove(client)
     return ws

@@ -21,7 +21,7 @@ from service.auth import (
     bearer_token,
     key_id,
 )
-from service.config import Secret
+from service.config import Secret, Settings
 
 from .conftest import TEST_SECRET, Client, bearer, create_feature
 
@@ -371,7 +371,13 @@ async def test_voter_token_over_http(client: Client) -> None:
     assert resp.status == 201
     body = await resp.json()
     assert set(body) >= {"token", "voter_id", "expires_at"}
-    claims = make_tokens(TEST_SECRET).verify(body["token"])  # any instance with the secret
+    # Any instance with the secret and the same lifetimes verifies it.
+    claims = Tokens(
+        Secret((TEST_SECRET,)),
+        voter_ttl=Settings().voter_token_ttl,
+        admin_ttl=Settings().admin_token_ttl,
+        cache_size=10,
+    ).verify(body["token"])
     assert claims.sub == body["voter_id"]
     assert claims.role is Role.VOTER
     expires = datetime.fromisoformat(body["expires_at"].replace("Z", "+00:00"))
@@ -497,3 +503,45 @@ async def test_forged_admin_role_is_401_not_admin(client: Client, voter: dict[st
     resp = await client.delete(f"/features/{feature['id']}", headers=forged)
     assert resp.status == 401
     assert (await client.get(f"/features/{feature['id']}")).status == 200
+
+
+# --- lifetimes beyond the role's ttl ------------------------------------------------------------
+
+
+def _signed(payload: dict[str, object], key: str = KEY_A) -> str:
+    return jwt.encode(payload, key, algorithm=ALGORITHM, headers={"kid": key_id(key)})
+
+
+@pytest.mark.parametrize(("role", "ttl"), [("admin", ADMIN_TTL), ("voter", VOTER_TTL)])
+def test_lifetime_beyond_the_roles_ttl_is_refused(role: str, ttl: int) -> None:
+    now = int(time.time())
+    tokens = make_tokens()
+    long_lived = _signed(
+        {"sub": "someone-someone", "role": role, "iat": now, "exp": now + 10 * ttl}
+    )
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        tokens.verify(long_lived)
+    one_over = _signed({"sub": "someone-someone", "role": role, "iat": now, "exp": now + ttl + 1})
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        tokens.verify(one_over)
+    exact = _signed({"sub": "someone-someone", "role": role, "iat": now, "exp": now + ttl})
+    assert tokens.verify(exact).exp == now + ttl
+
+
+def test_backdated_iat_does_not_stretch_the_lifetime() -> None:
+    now = int(time.time())
+    payload = {"sub": "someone-someone", "role": "admin", "iat": now - 5 * ADMIN_TTL,
+               "exp": now + ADMIN_TTL}
+    with pytest.raises(TokenInvalid, match="lifetime"):
+        make_tokens().verify(_signed(payload))
+
+
+async def test_long_lived_admin_token_is_401_over_http(client: Client) -> None:
+    now = int(time.time())
+    ttl = 12 * 3600  # the default admin_token_ttl of the test settings
+    token = _signed(
+        {"sub": "admin", "role": "admin", "iat": now, "exp": now + 10 * ttl}, key=TEST_SECRET
+    )
+    resp = await client.post("/features", json={"title": "x"}, headers=bearer(token))
+    assert resp.status == 401, await resp.text()
+    assert resp.content_type == "application/problem+json"
