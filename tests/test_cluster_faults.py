@@ -25,7 +25,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -34,8 +34,9 @@ import aiohttp
 import pytest
 from aiohttp import WSMsgType
 
-from .browser import ROOT, Server, free_port
+from .browser import ROOT, Server
 from .log_capture import save_log
+from .ports import PortTaken, port_taken, start_on_free_port
 from .redis_support import REDIS_URL, delete_namespace, require_redis, unique_prefix
 
 NGINX_CONF: Final = ROOT / "config" / "nginx.conf"
@@ -86,7 +87,10 @@ def wait_healthy(server: Server, proc: subprocess.Popen[bytes], log: Path) -> No
     deadline = time.monotonic() + START_TIMEOUT
     while True:
         if proc.poll() is not None:
-            raise RuntimeError(f"{proc.args!r} exited at start:\n{log.read_text()[-2000:]}")
+            output = log.read_text()
+            if port_taken(output):  # someone else bound the port first: try another one
+                raise PortTaken(output)
+            raise RuntimeError(f"{proc.args!r} exited at start:\n{output[-2000:]}")
         with contextlib.suppress(OSError):
             if server.request("GET", "/healthz")[0] == 200:
                 return
@@ -138,25 +142,40 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     instances = [Server(**env), Server(**env)]  # same FV_SECRET, rate limits off
     rundir = tmp_path / "nginx"
     rundir.mkdir()
-    listen = free_port()
     conf = tmp_path / "nginx.conf"
-    conf.write_text(nginx_conf(listen, (instances[0].port, instances[1].port)))
     procs: list[subprocess.Popen[bytes]] = []
+
+    def starter(
+        server: Server, args: list[str], log: Path, env: dict[str, str] | None = None
+    ) -> Callable[[int], None]:
+        """Start on a port, wait for /healthz; PortTaken (another port, please) if it was taken."""
+
+        def start(port: int) -> None:
+            server.use_port(port)
+            proc = spawn(args, log, server.env if env is None else env)
+            procs.append(proc)
+            try:
+                wait_healthy(server, proc, log)
+            except PortTaken:
+                procs.remove(proc)
+                stop(proc)
+                raise
+
+        return start
+
     try:
-        for i, server in enumerate(instances):
-            procs.append(
-                spawn([sys.executable, "-m", "service"], tmp_path / f"instance{i}.log", server.env)
-            )
-        for server, proc, i in zip(instances, procs, range(2), strict=True):
-            wait_healthy(server, proc, tmp_path / f"instance{i}.log")
-        front = Server()
-        front.port, front.url = listen, f"http://127.0.0.1:{listen}"
-        proc = spawn(
-            [nginx, "-p", str(rundir), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"],
-            tmp_path / "nginx.log",
-        )
-        procs.append(proc)
-        wait_healthy(front, proc, tmp_path / "nginx.log")
+        for i, server in enumerate(instances):  # one after the other: each may need a new port
+            service = [sys.executable, "-m", "service"]
+            start_on_free_port(starter(server, service, tmp_path / f"instance{i}.log"))
+        front = Server()  # only its request(): nginx serves at its url
+
+        def start_nginx(port: int) -> None:
+            conf.write_text(nginx_conf(port, (instances[0].port, instances[1].port)))
+            nginx_args = [nginx, "-p", str(rundir), "-e", "stderr", "-c", str(conf),
+                          "-g", "daemon off;"]
+            starter(front, nginx_args, tmp_path / "nginx.log", env=dict(os.environ))(port)
+
+        start_on_free_port(start_nginx)
         yield Cluster(front.url, instances, procs[:2], tmp_path)
     finally:
         for proc in procs:

@@ -289,7 +289,7 @@ async def test_instance_started_before_redis_becomes_ready(
         assert await readyz(client) == 503
         await assert_unavailable(client.get("/features"))
         try:
-            server.start()
+            server.start(pinned=True)  # the instance has its URL already
             await wait_ready(client)
             await create_feature(client, admin(client), "works now")
         finally:

@@ -35,6 +35,7 @@ from service.keys import BROADCASTER, METRICS, TOKENS
 
 from .conftest import AiohttpClient, Client, bearer, create_feature, make_settings, stats
 from .log_capture import log_path
+from .ports import START_ATTEMPTS, PortTaken, free_port, port_taken
 
 PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 PROBLEM: Final = "application/problem+json"
@@ -754,17 +755,16 @@ async def test_pushes_are_leading_edge_and_at_most_one_per_interval(
 SHUTDOWN_CLIENTS: Final = 20
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def wait_healthy(session: ClientSession, base: str, proc: asyncio.subprocess.Process) -> None:
+async def wait_healthy(
+    session: ClientSession, base: str, proc: asyncio.subprocess.Process, log: Path
+) -> None:
     deadline = time.monotonic() + 15
     while True:
-        assert proc.returncode is None, f"the service exited with {proc.returncode}"
+        if proc.returncode is not None:
+            output = await asyncio.to_thread(log.read_text, errors="replace")
+            if port_taken(output):
+                raise PortTaken(output)
+            raise AssertionError(f"the service exited with {proc.returncode}: {output}")
         assert time.monotonic() < deadline, "the service did not start"
         with contextlib.suppress(aiohttp.ClientError):
             async with session.get(f"{base}/healthz") as resp:
@@ -773,24 +773,46 @@ async def wait_healthy(session: ClientSession, base: str, proc: asyncio.subproce
         await asyncio.sleep(0.05)
 
 
+async def start_service(
+    session: ClientSession, env: dict[str, str]
+) -> tuple[asyncio.subprocess.Process, str, Path]:
+    """`python -m service` on a free port (another one if someone took it first), healthy."""
+    for attempt in range(1, START_ATTEMPTS + 1):
+        port = free_port()
+        run_env = {**env, "PORT": str(port)}
+        log = log_path("ws-shutdown", run_env)
+        with log.open("wb") as out:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "service", cwd=PROJECT_ROOT, env=run_env,
+                stdout=out, stderr=out,
+            )
+        base = f"http://127.0.0.1:{port}"
+        try:
+            await wait_healthy(session, base, proc, log)
+        except PortTaken:
+            await proc.wait()
+            if attempt == START_ATTEMPTS:
+                raise
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            raise
+        else:
+            return proc, base, log
+    raise AssertionError("unreachable")
+
+
 async def test_shutdown_closes_every_socket_with_1001() -> None:
-    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
     env |= {
         "FV_SECRET": "shutdown-test-secret-0123456789abcdef",
         "FV_HOST": "127.0.0.1",
-        "PORT": str(port),
         "FV_DRAIN_DELAY": "0.1",
     }
-    log = log_path("ws-shutdown", env)
-    with log.open("wb") as out:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "service", cwd=PROJECT_ROOT, env=env, stdout=out, stderr=out
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        async with ws_session() as session:
-            await wait_healthy(session, base, proc)
+    async with ws_session() as session:
+        proc, base, log = await start_service(session, env)
+        try:
             sockets = await asyncio.gather(
                 *(session.ws_connect(f"{base}/ws") for _ in range(SHUTDOWN_CLIENTS))
             )
@@ -804,10 +826,10 @@ async def test_shutdown_closes_every_socket_with_1001() -> None:
                 assert ws.close_code == 1001
             code = await asyncio.wait_for(proc.wait(), 15)
             assert code == 0, log.read_text()
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
 
 
 # --- 9. not an upgrade --------------------------------------------------------------------------
