@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import struct
 import time
 from typing import Any
@@ -84,9 +85,11 @@ async def test_no_raw_frame_after_our_close_frame(aiohttp_client: AiohttpClient)
 
 
 def expiring_admin_token(ttl: int, lead: float = 1.5) -> tuple[str, int]:
-    """An admin token (TEST_SECRET, lifetime `ttl`) minted `ttl - lead` s ago, so it expires in
-    about `lead` s (the lifetime rule sees a normal token)."""
-    minted_at = time.time() - (ttl - lead)
+    """An admin token (TEST_SECRET, lifetime `ttl`) minted in the past so that it expires in
+    `lead` to `lead` + 1 s (the lifetime rule sees a normal token). Claims are whole seconds:
+    exp is put on a whole second at least `lead` ahead, never truncated to less. Mint it right
+    before it is used: the lead is all the slack a busy host gets."""
+    minted_at = math.ceil(time.time() + lead) - ttl
     tokens = Tokens(
         Secret((TEST_SECRET,)), voter_ttl=3600, admin_ttl=ttl, cache_size=10,
         clock=lambda: minted_at,
@@ -124,10 +127,10 @@ async def test_admin_socket_goes_public_when_its_token_expires_at_the_next_push(
     ttl = 3
     client = await aiohttp_client(create_app(make_settings(admin_token_ttl=ttl)))
     admin, public = await hidden_board(client)
-    token, exp = expiring_admin_token(ttl)
     async with client.ws_connect("/ws") as ws:
         first = await receive_json(ws)
         assert counts(first["stats"]) == counts(public)
+        token, exp = expiring_admin_token(ttl)
         await ws.send_json({"type": "auth", "token": token})
         assert await receive_json(ws) == {"type": "auth", "role": "admin"}
         admin_frame = await receive_json(ws)
@@ -155,9 +158,9 @@ async def test_admin_socket_goes_public_at_a_sweep_without_any_change(
     settings = make_settings(admin_token_ttl=ttl, ws_heartbeat=0.1, ws_idle_timeout=0.0)
     client = await aiohttp_client(create_app(settings))
     _, public = await hidden_board(client)
-    token, exp = expiring_admin_token(ttl)
     async with client.ws_connect("/ws") as ws:
         await receive_json(ws)
+        token, exp = expiring_admin_token(ttl)
         await ws.send_json({"type": "auth", "token": token})
         assert await receive_json(ws) == {"type": "auth", "role": "admin"}
         await receive_json(ws)

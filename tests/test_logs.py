@@ -30,9 +30,10 @@ from service.logs import (
     write_access,
 )
 
-from .browser import ROOT, free_port
+from .browser import ROOT
 from .conftest import TEST_SECRET, Client, bearer
 from .log_capture import save_log
+from .ports import PortTaken, port_taken, start_on_free_port
 
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
@@ -140,20 +141,31 @@ def test_voter_hash_is_stable_and_not_the_id() -> None:
 
 def test_no_token_or_secret_in_a_served_process_log() -> None:
     """A real process in JSON mode: every line parses, none holds a token or the secret."""
-    port = free_port()
-    env = {**os.environ, "FV_SECRET": TEST_SECRET, "FV_HOST": "127.0.0.1", "PORT": str(port),
+    env = {**os.environ, "FV_SECRET": TEST_SECRET, "FV_HOST": "127.0.0.1",
            "FV_DRAIN_DELAY": "0", "FV_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        env["PORT"] = str(port)
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = proc.communicate()[1].decode(errors="replace")
+                if port_taken(err):
+                    raise PortTaken(err)  # someone else bound it first: another port
+                raise AssertionError(f"the service exited at start: {err}")
             try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).close()
-                break
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                return port, proc
             except OSError:
                 time.sleep(0.05)
+        proc.kill()
+        raise AssertionError(f"the service did not answer /healthz: {proc.communicate()[1]!r}")
+
+    port, proc = start_on_free_port(start)
+    base = f"http://127.0.0.1:{port}"
+    try:
         req = urllib.request.Request(base + "/auth/token", method="POST")
         token = json.load(urllib.request.urlopen(req, timeout=2))["token"]
         for path in ("/me/votes", "/features?token=" + token):
