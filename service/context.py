@@ -36,9 +36,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 class Middleware(Protocol):
     """A new-style aiohttp middleware (made with `@web.middleware`)."""
 
-    def __call__(
-        self, request: web.Request, handler: Handler
-    ) -> Awaitable[web.StreamResponse]: ...
+    def __call__(self, request: web.Request, handler: Handler) -> Awaitable[web.StreamResponse]: ...
+
 
 REQUEST_ID_HEADER: Final = "X-Request-ID"
 REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
@@ -73,6 +72,16 @@ def route_of(request: web.Request) -> str:
     return resource.canonical if resource is not None else UNMATCHED_ROUTE
 
 
+def _client_left_line(request: web.Request, exc: BaseException) -> None:
+    log.debug(
+        "client left before its answer: %s %s (%s: %s)",
+        request.method,
+        route_of(request),
+        type(exc).__name__,
+        exc,
+    )
+
+
 def request_context(metrics: Metrics, lifecycle: Lifecycle, *, access: bool) -> Middleware:
     """The middleware (see the module's docstring); `access` turns the access line on."""
     series = metrics.http.series
@@ -102,20 +111,20 @@ def request_context(metrics: Metrics, lifecycle: Lifecycle, *, access: bool) -> 
             except Exception as exc:
                 if isinstance(exc, ConnectionError) and client_left(request):
                     # A client that left mid-body or mid-answer: its fault, not ours.
-                    log.debug(
-                        "client left before its answer: %s %s (%s: %s)",
-                        request.method,
-                        route_of(request),
-                        type(exc).__name__,
-                        exc,
-                    )
+                    _client_left_line(request, exc)
                     response = client_closed()
                 else:
                     response = problem_from(exc) or internal_error(request.method, request.path)
             status = response.status
             return response
-        except asyncio.CancelledError:
-            status = CLIENT_CLOSED if client_left(request) else SHUTDOWN_CANCELLED
+        except asyncio.CancelledError as exc:
+            # aiohttp cancels a handler whose client left when the server is made with
+            # handler_cancellation (ours is not: see make_runner), and at the shutdown deadline.
+            if client_left(request):
+                status = CLIENT_CLOSED
+                _client_left_line(request, exc)
+            else:
+                status = SHUTDOWN_CANCELLED
             raise
         finally:
             if counted:
