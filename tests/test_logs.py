@@ -254,3 +254,17 @@ def test_a_refused_request_is_one_warning_without_what_the_client_sent() -> None
     MalformedRequestFilter().filter(bug)
     assert bug.levelno == logging.ERROR and bug.exc_info is not None
     assert "Traceback" in JsonFormatter().format(bug)
+
+
+async def test_a_line_from_a_thread_without_a_loop_is_written_at_once() -> None:
+    """While the loop's flush is pending, another thread's line does not wait for it."""
+    handler, stream = BatchingStreamHandler(), CountingStream()
+    handler.setStream(stream)
+    handler.handle(logging.makeLogRecord({"msg": "from the loop"}))
+    assert stream.getvalue() == ""  # waits for the end of this turn
+    await asyncio.to_thread(handler.handle, logging.makeLogRecord({"msg": "from a thread"}))
+    assert stream.getvalue() == "from the loop\nfrom a thread\n"  # both, in order, at once
+    handler.handle(logging.makeLogRecord({"msg": "later"}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.getvalue().endswith("later\n")
