@@ -14,12 +14,12 @@ from . import api, board_api, keys, ops, pages, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
-from .errors import problem_middleware
-from .lifecycle import Lifecycle, inflight_middleware
-from .metrics import Metrics, metrics_middleware
+from .context import request_context
+from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .openapi import document_bytes
 from .ratelimit import rate_limits_from_settings
-from .security import add_security_headers, cors_middleware
+from .security import answer_headers, cors_preflight_middleware
 from .store import Store
 from .store.factory import store_from_settings
 
@@ -37,11 +37,11 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     lifecycle = Lifecycle()
     app = web.Application(
         client_max_size=settings.max_body_size,
+        # The request context is outermost: what any later layer or handler raises is
+        # answered, counted and logged; preflights (when CORS is configured) included.
         middlewares=[
-            inflight_middleware(lifecycle),
-            *([cors_middleware(settings.cors_origins)] if settings.cors_origins else []),
-            metrics_middleware(metrics, access=settings.access_log),
-            problem_middleware,
+            request_context(metrics, lifecycle, access=settings.access_log),
+            *([cors_preflight_middleware(settings.cors_origins)] if settings.cors_origins else []),
         ],
     )
     app[keys.SETTINGS] = settings
@@ -73,7 +73,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app.cleanup_ctx.append(_follow_seq)
     app.cleanup_ctx.append(_run_broadcaster)
     app.on_shutdown.append(_start_draining)
-    app.on_response_prepare.append(add_security_headers)
+    app.on_response_prepare.append(answer_headers(settings.cors_origins))
 
     app.add_routes(api.routes)
     app.add_routes(board_api.routes)
@@ -122,7 +122,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     return web.AppRunner(
         app,
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,  # our own structured access log is written by a middleware
+        access_log=None,  # our own structured access line: service/context.py
         handle_signals=False,
         max_line_size=settings.max_header_size,
         max_field_size=settings.max_header_size,
