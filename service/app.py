@@ -14,6 +14,7 @@ from . import api, board_api, keys, ops, pages, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
+from .core import Core
 from .errors import problem_middleware
 from .lifecycle import Lifecycle, inflight_middleware
 from .metrics import Metrics, metrics_middleware
@@ -55,6 +56,12 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
     app[keys.RATE_LIMITS] = rate_limits_from_settings(settings)
+    app[keys.CORE] = Core(
+        store=app[keys.STORE],
+        tokens=app[keys.TOKENS],
+        limits=app[keys.RATE_LIMITS],
+        metrics=metrics,
+    )
     app.cleanup_ctx.append(_close_rate_limits)
     if store is None:
         app.cleanup_ctx.append(_open_store)
