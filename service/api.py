@@ -39,9 +39,11 @@ JSON: Final = "application/json"
 # Answers whose numbers depend on who asks (hidden results): caches must key on the token.
 VARY_AUTH: Final = {"Vary": "Authorization"}
 NO_STORE: Final = {"Cache-Control": "no-store"}  # a new token is nobody else's
-_FEATURE_ID: Final = re.compile(r"^[1-9][0-9]{0,17}$")
-_IDEMPOTENCY_KEY: Final = re.compile(rf"^[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}$")
-_LIMIT: Final = re.compile(r"^[0-9]{1,3}$")
+# Whole-string matches only (fullmatch): with re.match, "$" also matches before a trailing
+# newline, so "1\n" (a path's %0A) would pass, and int() ignores the newline.
+_FEATURE_ID: Final = re.compile(r"[1-9][0-9]{0,17}")
+_IDEMPOTENCY_KEY: Final = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
+_LIMIT: Final = re.compile(r"[0-9]{1,3}")
 _CURSOR: Final = re.compile(CURSOR_PATTERN)
 _cursor_decoder: Final = msgspec.json.Decoder(list[str | int])
 ID_ORDER: Final = "id"  # cursor marker: the key is (id,) of a listing in id order
@@ -93,7 +95,7 @@ def feature_id(request: web.Request) -> int:
 
 
 def parse_feature_id(raw: str) -> int:
-    if not _FEATURE_ID.match(raw):
+    if not _FEATURE_ID.fullmatch(raw):
         raise ApiError(404, f"feature {raw!r} does not exist; ids are positive integers")
     return int(raw)
 
@@ -205,7 +207,7 @@ async def list_features(request: web.Request) -> web.Response:
     raw_status = _enum_query(request, "status", Status)
     status = Status(raw_status) if raw_status else None
     raw_limit = request.query.get("limit", str(PAGE_DEFAULT))
-    if not (_LIMIT.match(raw_limit) and 1 <= int(raw_limit) <= PAGE_MAX):
+    if not (_LIMIT.fullmatch(raw_limit) and 1 <= int(raw_limit) <= PAGE_MAX):
         raise _query_error("limit", f"must be an integer from 1 to {PAGE_MAX}")
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor, sort, status) if cursor else None
@@ -229,7 +231,7 @@ async def create_feature(request: web.Request) -> web.Response:
     core = core_of(request)
     ticket = await core.admit_proposal(await claims_of(request))
     key = request.headers.get("Idempotency-Key")
-    if key is not None and not _IDEMPOTENCY_KEY.match(key):
+    if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
             422,
             f"Idempotency-Key must be 1..{IDEMPOTENCY_KEY_MAX} printable ASCII characters",

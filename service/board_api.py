@@ -13,7 +13,7 @@ from .core import Export, ExportFormat
 from .errors import ApiError
 from .schemas import ProblemItem, RoundList, board_patch_decoder
 
-_ROUND: Final = re.compile(r"^[1-9][0-9]{0,17}$")
+_ROUND: Final = re.compile(r"[1-9][0-9]{0,17}")  # fullmatch: "1\n" is no round number
 NO_CACHE: Final = {"Cache-Control": "no-cache"}
 
 routes = web.RouteTableDef()
@@ -46,7 +46,7 @@ async def list_rounds(request: web.Request) -> web.Response:
 @routes.get("/rounds/{n}")
 async def get_round(request: web.Request) -> web.Response:
     raw = request.match_info["n"]
-    if not _ROUND.match(raw):
+    if not _ROUND.fullmatch(raw):
         raise ApiError(404, f"round {raw!r} does not exist; rounds are positive integers")
     standings = await core_of(request).closed_round(int(raw), await audience_of(request))
     return json_response(standings, headers={**VARY_AUTH, **NO_CACHE})
@@ -54,7 +54,7 @@ async def get_round(request: web.Request) -> web.Response:
 
 async def _export(request: web.Request, fmt: ExportFormat) -> web.Response:
     raw = request.query.get("round")
-    if raw is not None and not _ROUND.match(raw):
+    if raw is not None and not _ROUND.fullmatch(raw):
         msg = "must be a round number (a positive integer)"
         raise ApiError(422, f"round: {msg}", errors=[ProblemItem(loc="query.round", msg=msg)])
     round_no = None if raw is None else int(raw)
