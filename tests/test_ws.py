@@ -249,7 +249,9 @@ async def test_200_clients_follow_bursts_to_the_final_seq(client: Client, admin:
 # --- 2. a client that never reads cannot stall the others ---------------------------------------
 
 HEALTHY: Final = 5
-BIG_FEATURES: Final = 20
+# Stats carry excerpts of the descriptions (~220 bytes a feature): a frame of ~40 KB takes
+# the top 200.
+BIG_FEATURES: Final = 200
 PROMPT: Final = 1.0
 
 
@@ -329,6 +331,7 @@ async def test_stalled_client_is_dropped_without_delaying_the_others(
     aiohttp_client: AiohttpClient,
 ) -> None:
     settings = make_settings(
+        top_n=BIG_FEATURES,
         ws_buffer_limit=1024,
         slow_client_timeout=0.5,
         push_interval=0.005,
@@ -338,7 +341,7 @@ async def test_stalled_client_is_dropped_without_delaying_the_others(
     client = await aiohttp_client(app)
     admin = bearer(app[TOKENS].issue(Role.ADMIN, "admin")[0])
     fids = [
-        (await create_feature(client, admin, f"Big {i}", f"{i:02d}" + "d" * 1998))["id"]
+        (await create_feature(client, admin, f"Big {i}", f"{i:03d}" + "d" * 1997))["id"]
         for i in range(BIG_FEATURES)
     ]
     voter = await new_voter(client)

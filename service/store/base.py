@@ -11,6 +11,8 @@ from typing import Final, NamedTuple
 import msgspec
 
 from ..schemas import (
+    EXCERPT_MARK,
+    EXCERPT_MAX,
     RANKED_SORTS,
     Board,
     BoardPatch,
@@ -95,6 +97,21 @@ def hides(results_hidden: bool, audience: Audience) -> bool:
 def hides_order(sort: Sort, results_hidden: bool, audience: Audience) -> bool:
     """Whether a listing in `sort` runs by id ascending instead, so its order reveals nothing."""
     return sort in RANKED_SORTS and hides(results_hidden, audience)
+
+
+def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
+    """At most `limit` characters: a longer text is cut (between code points, never inside
+    one) to limit - 1 of them, trailing blanks dropped, and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + EXCERPT_MARK
+
+
+def on_board(feature: Feature) -> Feature:
+    """A feature as stats and pushes carry it: its description cut to an excerpt."""
+    if len(feature.description) <= EXCERPT_MAX:
+        return feature
+    return msgspec.structs.replace(feature, description=excerpt(feature.description))
 
 
 def masked(feature: Feature) -> Feature:

@@ -45,6 +45,7 @@ from .base import (
     hides_order,
     masked,
     masked_vote,
+    on_board,
     public_standings,
     sort_key,
 )
@@ -388,7 +389,7 @@ class MemoryStore(Store):
         """Both audiences' views of this seq; one shared view unless results are hidden."""
         seq, board = self._seq, self._board
         first = self._top_keys(None, None, self._top_n)
-        top = [self._features[key & _ID_MASK].view() for key in first]
+        top = [on_board(self._features[key & _ID_MASK].view()) for key in first]
         stats = Stats(
             seq=seq,
             total_features=len(self._features),
@@ -406,7 +407,10 @@ class MemoryStore(Store):
         new = self._new  # the first top_n by id ascending: the end of the id-desc order
         by_id = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
         hidden = msgspec.structs.replace(
-            stats, up=None, down=None, top=[masked(self._features[-k[0]].view()) for k in by_id]
+            stats,
+            up=None,
+            down=None,
+            top=[on_board(masked(self._features[-k[0]].view())) for k in by_id],
         )
         return (
             StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),

@@ -52,6 +52,7 @@ from .base import (
     hides,
     masked,
     masked_vote,
+    on_board,
     public_standings,
     sort_key,
 )
@@ -422,7 +423,7 @@ class RedisStore(Store):
             up=int(flat[2]),
             down=int(flat[3]),
             voters=int(flat[4]),
-            top=_features(flat[10:top_end]),
+            top=[on_board(f) for f in _features(flat[10:top_end])],
             generated_at=datetime.now(UTC),
             board=board,
         )
@@ -430,7 +431,10 @@ class RedisStore(Store):
             view = StatsView(seq, encoder.encode(stats), etag_for(seq))
             return view, view
         hidden = msgspec.structs.replace(
-            stats, up=None, down=None, top=[masked(f) for f in _features(flat[top_end:])]
+            stats,
+            up=None,
+            down=None,
+            top=[on_board(masked(f)) for f in _features(flat[top_end:])],
         )
         return (
             StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
