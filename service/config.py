@@ -81,6 +81,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = "memory"
     allowed_origins: tuple[str, ...] = ()
     top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    max_features: PositiveInt = 1000
     voter_token_ttl: PositiveInt = 30 * 24 * 3600
     admin_token_ttl: PositiveInt = 12 * 3600
     token_cache_size: PositiveInt = 10_000

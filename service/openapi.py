@@ -179,7 +179,7 @@ OPERATIONS: Final[list[Op]] = [
         Feature,
         request=FeatureCreate,
         auth="voter",
-        errors=(401, 429, 503),
+        errors=(401, 409, 429, 503),  # 409: the board holds max_features features
         params=(IDEMPOTENCY_PARAM,),
         headers={"Location": "/features/{id}"},
     ),

@@ -21,7 +21,7 @@ METHODS = ("get", "put", "post", "delete", "patch", "options", "head", "trace")
 BODY = {400, 413, 415, 422}
 EXPECTED_ERRORS: dict[tuple[str, str], set[int]] = {
     ("get", "/features"): {422},
-    ("post", "/features"): {401, 429} | BODY,
+    ("post", "/features"): {401, 409, 429} | BODY,
     ("get", "/features/{id}"): {404},
     ("patch", "/features/{id}"): {401, 403, 404, 429} | BODY,
     ("delete", "/features/{id}"): {401, 403, 404, 429},

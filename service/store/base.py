@@ -89,6 +89,14 @@ def sort_key(sort: Sort, feature_id: int, up: int, down: int) -> CursorKey:
     return (-scaled(controversy(up, down), CONTROVERSY_SCALE), -(up + down), feature_id)
 
 
+def full_board(max_features: int) -> str:
+    """TooManyFeatures' message."""
+    return (
+        f"the board holds {max_features} features, its max_features; delete one (an admin) "
+        "before proposing another"
+    )
+
+
 def hides(results_hidden: bool, audience: Audience) -> bool:
     """Whether this audience must not see counts (and count-based orders) now."""
     return results_hidden and audience is Audience.PUBLIC

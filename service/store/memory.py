@@ -41,6 +41,7 @@ from .base import (
     StatsView,
     Store,
     etag_for,
+    full_board,
     hides,
     hides_order,
     masked,
@@ -49,9 +50,10 @@ from .base import (
     public_standings,
     sort_key,
 )
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, VotingClosed
+from .errors import FeatureClosed, IdempotencyConflict, NotFound, TooManyFeatures, VotingClosed
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
+DEFAULT_MAX_FEATURES: Final = 1000
 
 # The top order's index holds each key (down - up, -up, id) packed into one int,
 # (down - up) * 2^128 + (-up) * 2^64 + id, so a vote's remove + add in the sorted list compares
@@ -114,10 +116,12 @@ class MemoryStore(Store):
         *,
         top_n: int = 20,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = asyncio.Lock()
         self._top_n = top_n
+        self._max_features = max_features
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock
         self._features: dict[int, _Record] = {}
@@ -228,6 +232,8 @@ class MemoryStore(Store):
                     if seen[0] != fingerprint:
                         raise IdempotencyConflict("Idempotency-Key was used with another body")
                     return Created(self._shown(seen[1], audience), replayed=True)
+            if len(self._features) >= self._max_features:
+                raise TooManyFeatures(full_board(self._max_features))
             rec = _Record(self._next_id, new.title, new.description, Status.OPEN, datetime.now(UTC))
             self._next_id += 1
             self._features[rec.id] = rec

@@ -136,8 +136,11 @@ local function top_id(m) return tonumber(string.sub(m, {2 * KEY_WIDTH + 1})) - O
 local function new_id(m) return OFFSET - tonumber(m) end
 """
 
-# ARGV: prefix, idempotency key name or '', title, description, created_at, now, expires, ttl_ms
-# -> {'created', id, seq, hidden} | {'replay', id, created_at, hidden} | {'conflict'}
+# ARGV: prefix, idempotency key name or '', title, description, created_at, now, expires, ttl_ms,
+#       max_features
+# -> {'created', id, seq, hidden} | {'replay', id, created_at, hidden} | {'conflict'} | {'full'}
+# The bound is read in the same script as the insert: concurrent creates on any number of
+# instances never take the board past max_features (a replay of an earlier create still works).
 CREATE: Final = (
     _PRELUDE
     + f"""
@@ -150,6 +153,9 @@ if idem ~= '' then
     end
     return {{'conflict'}}
   end
+end
+if tonumber(redis.call('HGET', P .. 'totals', 'features') or '0') >= tonumber(ARGV[9]) then
+  return {{'full'}}
 end
 local id = redis.call('INCR', P .. 'next_id')
 local status = '{Status.OPEN.value}'
