@@ -61,6 +61,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
         tokens=app[keys.TOKENS],
         limits=app[keys.RATE_LIMITS],
         metrics=metrics,
+        export_cache_size=settings.export_cache_size,
     )
     app.cleanup_ctx.append(_close_rate_limits)
     if store is None:

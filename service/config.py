@@ -82,6 +82,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     allowed_origins: tuple[str, ...] = ()
     top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     max_features: PositiveInt = 1000
+    export_cache_size: NonNegativeInt = 8
     voter_token_ttl: PositiveInt = 30 * 24 * 3600
     admin_token_ttl: PositiveInt = 12 * 3600
     token_cache_size: PositiveInt = 10_000

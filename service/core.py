@@ -18,6 +18,7 @@ import contextlib
 import csv
 import enum
 import io
+from collections import OrderedDict
 from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
@@ -132,12 +133,22 @@ class Core:
     """Every use case, over the collaborators it is given (built once, in create_app)."""
 
     def __init__(
-        self, *, store: Store, tokens: Tokens, limits: RateLimits, metrics: Metrics
+        self,
+        *,
+        store: Store,
+        tokens: Tokens,
+        limits: RateLimits,
+        metrics: Metrics,
+        export_cache_size: int = 0,
     ) -> None:
         self.store = store
         self.tokens = tokens
         self.limits = limits
         self.metrics = metrics
+        # (format, audience, round or None) -> the export rendered at a seq; LRU-bounded.
+        self._exports: OrderedDict[tuple[ExportFormat, Audience, int | None], tuple[int, Export]]
+        self._exports = OrderedDict()
+        self._export_cache_size = export_cache_size
 
     # --- identity -------------------------------------------------------------------------------
 
@@ -296,5 +307,23 @@ class Core:
     async def export(
         self, fmt: ExportFormat, round_no: int | None, audience: Audience
     ) -> Export:
-        """The standings now (None) or of a round, rendered as a file."""
-        return render_export(await self.store.standings(round_no, audience=audience), fmt)
+        """The standings now (None) or of a round, rendered as a file.
+
+        An export is O(features) to read and render, so the rendered file is kept until the
+        next change: the seq is read first, so what is cached under a seq is at least that new
+        (a change in between makes the next read at the newer seq render again).
+        """
+        if self._export_cache_size <= 0:
+            return render_export(await self.store.standings(round_no, audience=audience), fmt)
+        seq = await self.store.seq()
+        key = (fmt, audience, round_no)
+        cached = self._exports.get(key)
+        if cached is not None and cached[0] == seq:
+            self._exports.move_to_end(key)
+            return cached[1]
+        export = render_export(await self.store.standings(round_no, audience=audience), fmt)
+        self._exports[key] = (seq, export)
+        self._exports.move_to_end(key)
+        while len(self._exports) > self._export_cache_size:
+            self._exports.popitem(last=False)
+        return export

@@ -215,6 +215,10 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def votes_of(self, voter: str) -> dict[int, int]: ...
 
+    async def seq(self) -> int:
+        """The current seq: what a cache of anything derived from the board is keyed by."""
+        return (await self.stats()).seq
+
     @abc.abstractmethod
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         """This audience's stats of the current seq, encoded once per audience per seq."""

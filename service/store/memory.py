@@ -381,6 +381,9 @@ class MemoryStore(Store):
 
     # --- stats ------------------------------------------------------------------------------
 
+    async def seq(self) -> int:
+        return self._seq
+
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         if self._stats is None:
             self._stats = self._build_stats()

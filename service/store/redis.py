@@ -391,6 +391,9 @@ class RedisStore(Store):
                 log.error("Redis seq went back below %d: data was lost; moved on", floor)
         return seq
 
+    async def seq(self) -> int:
+        return await self._current_seq()
+
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         return (await self._stats_views())[audience is Audience.ADMIN]
 
