@@ -32,8 +32,11 @@ def make_store(settings: Settings) -> Store:
     return store_from_settings(settings)
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
-    """Build the application; a given store is shared, not owned (the caller closes it)."""
+def create_app(
+    settings: Settings, *, store: Store | None = None, tokens: Tokens | None = None
+) -> web.Application:
+    """Build the application; a given store is shared, not owned (the caller closes it), and
+    given tokens replace the ones the settings describe."""
     metrics = Metrics()
     lifecycle = Lifecycle()
     app = web.Application(
@@ -48,7 +51,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.LIFECYCLE] = lifecycle
-    app[keys.TOKENS] = Tokens(
+    app[keys.TOKENS] = tokens or Tokens(
         settings.secret,
         voter_ttl=settings.voter_token_ttl,
         admin_ttl=settings.admin_token_ttl,
