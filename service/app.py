@@ -15,6 +15,7 @@ from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
 from .context import request_context
+from .core import Core
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openapi import document_bytes
@@ -31,8 +32,11 @@ def make_store(settings: Settings) -> Store:
     return store_from_settings(settings)
 
 
-def create_app(settings: Settings, *, store: Store | None = None) -> web.Application:
-    """Build the application; a given store is shared, not owned (the caller closes it)."""
+def create_app(
+    settings: Settings, *, store: Store | None = None, tokens: Tokens | None = None
+) -> web.Application:
+    """Build the application; a given store is shared, not owned (the caller closes it), and
+    given tokens replace the ones the settings describe."""
     metrics = Metrics()
     lifecycle = Lifecycle()
     app = web.Application(
@@ -47,7 +51,7 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     app[keys.SETTINGS] = settings
     app[keys.METRICS] = metrics
     app[keys.LIFECYCLE] = lifecycle
-    app[keys.TOKENS] = Tokens(
+    app[keys.TOKENS] = tokens or Tokens(
         settings.secret,
         voter_ttl=settings.voter_token_ttl,
         admin_ttl=settings.admin_token_ttl,
@@ -55,6 +59,13 @@ def create_app(settings: Settings, *, store: Store | None = None) -> web.Applica
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
     app[keys.RATE_LIMITS] = rate_limits_from_settings(settings)
+    app[keys.CORE] = Core(
+        store=app[keys.STORE],
+        tokens=app[keys.TOKENS],
+        limits=app[keys.RATE_LIMITS],
+        metrics=metrics,
+        export_cache_size=settings.export_cache_size,
+    )
     app.cleanup_ctx.append(_close_rate_limits)
     if store is None:
         app.cleanup_ctx.append(_open_store)

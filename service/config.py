@@ -19,7 +19,9 @@ DEFAULT_CONFIG_FILE: Final = PROJECT_ROOT / "config" / "default.toml"
 CONTRACT_ENV: Final = {"PORT": "port"}
 # HS256 keys shorter than the hash output weaken the MAC (RFC 7518 3.2).
 MIN_SECRET_LENGTH: Final = 32
-_STORE_RE: Final = re.compile(r"^(memory|(redis|rediss|unix)://\S+)$")
+# msgspec checks a pattern with re.search, where "$" also matches before a trailing newline
+# ("info\n" would pass): every pattern here ends in \Z, the very end of the string.
+_STORE_RE: Final = re.compile(r"^(memory|(redis|rediss|unix)://\S+)\Z")
 
 
 class ConfigError(Exception):
@@ -79,6 +81,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = "memory"
     allowed_origins: tuple[str, ...] = ()
     top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
+    max_features: PositiveInt = 1000
+    export_cache_size: NonNegativeInt = 8
     voter_token_ttl: PositiveInt = 30 * 24 * 3600
     admin_token_ttl: PositiveInt = 12 * 3600
     token_cache_size: PositiveInt = 10_000
@@ -86,7 +90,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     idempotency_ttl: PositiveInt = 24 * 3600
     shutdown_timeout: PositiveFloat = 10.0
     drain_delay: NonNegativeFloat = 0.5
-    public_url: Annotated[str, msgspec.Meta(pattern=r"^(https?://\S+)?$")] = ""
+    public_url: Annotated[str, msgspec.Meta(pattern=r"^(https?://\S+)?\Z")] = ""
     push_interval: PositiveFloat = 0.02
     ws_max_msg_size: Annotated[int, msgspec.Meta(ge=64)] = 4096
     ws_heartbeat: NonNegativeFloat = 30.0
@@ -97,8 +101,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     slow_client_timeout: PositiveFloat = 5.0
     ws_close_timeout: PositiveFloat = 2.0
     ws_auth_failures_max: PositiveInt = 5
-    log_level: Annotated[str, msgspec.Meta(pattern="^(debug|info|warning|error)$")] = "info"
-    log_format: Annotated[str, msgspec.Meta(pattern="^(auto|json|text)$")] = "auto"
+    log_level: Annotated[str, msgspec.Meta(pattern=r"^(debug|info|warning|error)\Z")] = "info"
+    log_format: Annotated[str, msgspec.Meta(pattern=r"^(auto|json|text)\Z")] = "auto"
     access_log: bool = True
     cors_origins: tuple[str, ...] = ()
     max_header_size: Annotated[int, msgspec.Meta(ge=1024, le=65536)] = 8190
@@ -115,7 +119,7 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     auth_failure_rate: NonNegativeFloat = 60.0
     auth_failure_burst: NonNegativeInt = 20
     trusted_proxies: tuple[str, ...] = ()
-    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}$")] = "fv:"
+    redis_prefix: Annotated[str, msgspec.Meta(pattern=r"^[\x21-\x7e]{1,64}\Z")] = "fv:"
     redis_socket_timeout: PositiveFloat = 1.0
     redis_connect_timeout: PositiveFloat = 0.5
     redis_max_connections: Annotated[int, msgspec.Meta(ge=2)] = 50

@@ -20,6 +20,7 @@ from .store import (
     IdempotencyConflict,
     NotFound,
     StoreUnavailable,
+    TooManyFeatures,
     VotingClosed,
 )
 
@@ -39,6 +40,7 @@ DOMAIN_ERRORS: Final[Mapping[type[Exception], tuple[int, Mapping[str, str]]]] = 
     NotFound: (404, {}),
     FeatureClosed: (409, {}),
     VotingClosed: (409, {}),
+    TooManyFeatures: (409, {}),
     IdempotencyConflict: (422, {}),
     StoreUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),
     TokenMissing: (401, {"WWW-Authenticate": "Bearer"}),

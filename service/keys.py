@@ -9,6 +9,7 @@ from aiohttp import web
 from .auth import Tokens
 from .broadcaster import Broadcaster
 from .config import Settings
+from .core import Core
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .ratelimit import RateLimits
@@ -22,3 +23,4 @@ LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
 BROADCASTER: Final = web.AppKey("broadcaster", Broadcaster)
 RATE_LIMITS: Final = web.AppKey("rate_limits", RateLimits)
 OPENAPI_BODY: Final = web.AppKey("openapi_body", bytes)
+CORE: Final = web.AppKey("core", Core)

@@ -179,7 +179,7 @@ OPERATIONS: Final[list[Op]] = [
         Feature,
         request=FeatureCreate,
         auth="voter",
-        errors=(401, 429, 503),
+        errors=(401, 409, 429, 503),  # 409: the board holds max_features features
         params=(IDEMPOTENCY_PARAM,),
         headers={"Location": "/features/{id}"},
     ),
@@ -335,6 +335,10 @@ def _operation(op: Op) -> dict[str, Any]:
     errors = set(op.errors)
     if op.request is not None:
         errors |= set(BODY_ERRORS)
+    if op.auth is not None:
+        # 429: a new token from an address over its failed-token budget (auth_failure_rate),
+        # refused before its signature is checked.
+        errors |= {401, 429}
     responses = {str(op.ok): ok} | {str(s): _problem(s) for s in sorted(errors)}
     out: dict[str, Any] = {
         "summary": op.summary,

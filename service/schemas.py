@@ -11,6 +11,10 @@ import msgspec
 
 TITLE_MAX: Final = 120
 DESCRIPTION_MAX: Final = 2000
+# Stats and pushes carry what a board shows: each top feature's description is cut to this
+# many characters (the last one an ellipsis), so /stats stays small whatever the descriptions.
+EXCERPT_MAX: Final = 100
+EXCERPT_MARK: Final = "\u2026"  # …
 PAGE_DEFAULT: Final = 50
 PAGE_MAX: Final = 200
 IDEMPOTENCY_KEY_MAX: Final = 255
@@ -178,7 +182,16 @@ class Stats(msgspec.Struct, frozen=True):
     up: Count
     down: Count
     voters: int
-    top: list[Feature]
+    top: Annotated[
+        list[Feature],
+        msgspec.Meta(
+            description=(
+                f"The first N features in sort=top order, as a board shows them: a description "
+                f"longer than {EXCERPT_MAX} characters is cut to its first {EXCERPT_MAX - 1} "
+                f"and an ellipsis (\u2026); GET /features/{{id}} has the whole text."
+            )
+        ),
+    ]
     generated_at: datetime
     board: Board
 

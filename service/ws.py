@@ -22,9 +22,10 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import keys
-from .api import client_of
+from .api import client_of, core_of
 from .auth import Role, TokenInvalid
 from .broadcaster import Broadcaster, Client
+from .core import Core
 from .errors import ApiError
 from .ratelimit import RateLimited
 from .schemas import Auth, Pong, WsError, client_message_decoder, encoder
@@ -71,29 +72,22 @@ def _error(detail: str) -> bytes:
 
 
 async def authenticate(
-    request: web.Request, broadcaster: Broadcaster, client: Client, auth: Auth
+    core: Core, address: str, broadcaster: Broadcaster, client: Client, auth: Auth
 ) -> tuple[bytes | None, bool]:
     """An admin token turns the socket into an admin one until the token expires (the
     broadcaster acks); else an error. The flag says whether this counts as a failed attempt."""
-    tokens, limits = request.app[keys.TOKENS], request.app[keys.RATE_LIMITS]
-    address = client_of(request)
     try:
-        if not tokens.known(auth.token):  # a signature check to come: the address may be over
-            wait = await limits.blocked(limits.auth_failure, address)
-            if wait > 0:
-                return _error(
-                    f"auth: too many failed tokens from this address; "
-                    f"try again in {math.ceil(wait)} s"
-                ), True
-        try:
-            claims = tokens.verify(auth.token)
-        except TokenInvalid as exc:
-            with contextlib.suppress(RateLimited):  # counted; the next new token will wait
-                await limits.check(limits.auth_failure, address)
-            return _error(f"auth: {exc}"), True
+        claims = await core.verify(auth.token, address)
         if claims.role is not Role.ADMIN:
             return _error("auth: only an admin token changes what is pushed"), False
         await broadcaster.promote(client, until=claims.exp)
+    except RateLimited as exc:  # the address is over its auth_failure budget: not checked
+        return _error(
+            f"auth: too many failed tokens from this address; "
+            f"try again in {math.ceil(exc.retry_after)} s"
+        ), True
+    except TokenInvalid as exc:
+        return _error(f"auth: {exc}"), True
     except StoreUnavailable:
         return _error("auth: the store is unavailable; try again"), False
     return None, False
@@ -104,8 +98,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[keys.SETTINGS]
     if not origin_allowed(request, settings.allowed_origins):
         raise ApiError(403, "this Origin may not open /ws (see allowed_origins)")
-    limits = request.app[keys.RATE_LIMITS]
-    await limits.check(limits.ws_connect, client_of(request))
+    core = core_of(request)
+    address = client_of(request)
+    await core.admit_socket(address)
     ws = web.WebSocketResponse(
         compress=False,
         # aiohttp refuses a message of max_msg_size bytes or more; ours may be exactly the setting.
@@ -138,7 +133,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 answer = reply_to(msg.data)
                 failed = False
                 if isinstance(answer, Auth):
-                    reply, failed = await authenticate(request, broadcaster, client, answer)
+                    reply, failed = await authenticate(core, address, broadcaster, client, answer)
                 else:
                     reply = answer
                 if reply is not None:

@@ -76,6 +76,7 @@ class Server:
             "FV_VOTE_RATE": "0",
             "FV_CREATE_RATE": "0",
             "FV_WS_CONNECT_RATE": "0",
+            "FV_AUTH_FAILURE_RATE": "0",  # fuzzers and pages send bad tokens on purpose
             **env,
         }
         self.use_port(free_port())

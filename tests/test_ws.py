@@ -251,7 +251,9 @@ async def test_200_clients_follow_bursts_to_the_final_seq(client: Client, admin:
 # --- 2. a client that never reads cannot stall the others ---------------------------------------
 
 HEALTHY: Final = 5
-BIG_FEATURES: Final = 20
+# Stats carry excerpts of the descriptions (~220 bytes a feature): a frame of ~40 KB takes
+# the top 200.
+BIG_FEATURES: Final = 200
 # How long a push may take to reach the healthy clients before the test calls it hung. Not a
 # speed bound: "without delaying" is checked by order (each push reaches them while the stalled
 # client is still held), which a loaded host cannot fake or break.
@@ -334,6 +336,7 @@ async def test_stalled_client_is_dropped_without_delaying_the_others(
     aiohttp_client: AiohttpClient,
 ) -> None:
     settings = make_settings(
+        top_n=BIG_FEATURES,
         ws_buffer_limit=1024,
         # how long the stalled client is held while behind: room for many votes before the drop
         # even on a busy host (phase 1 needs 5)
@@ -345,7 +348,7 @@ async def test_stalled_client_is_dropped_without_delaying_the_others(
     client = await aiohttp_client(app)
     admin = bearer(app[TOKENS].issue(Role.ADMIN, "admin")[0])
     fids = [
-        (await create_feature(client, admin, f"Big {i}", f"{i:02d}" + "d" * 1998))["id"]
+        (await create_feature(client, admin, f"Big {i}", f"{i:03d}" + "d" * 1997))["id"]
         for i in range(BIG_FEATURES)
     ]
     voter = await new_voter(client)

@@ -48,6 +48,10 @@ async def test_failed_tokens_are_limited_per_address_before_the_signature_check(
     )
     client = await aiohttp_client(create_app(settings))
     admin_token = client.app[TOKENS].issue(Role.ADMIN, "admin")[0]
+    known_token = client.app[TOKENS].issue(Role.ADMIN, "presenter")[0]
+    # Verified before the flood (here over REST): it will cost no signature check later.
+    resp = await client.get("/me/votes", headers={"Authorization": f"Bearer {known_token}"})
+    assert resp.status == 200
     async with client.ws_connect("/ws") as ws:
         await receive_json(ws)
         details = []
@@ -60,10 +64,13 @@ async def test_failed_tokens_are_limited_per_address_before_the_signature_check(
         await receive_json(other)
         await other.send_json({"type": "auth", "token": admin_token})
         assert "too many failed tokens" in (await receive_json(other))["detail"]
-        # A token already verified (here over REST) costs no signature check: it still works.
+        # REST shares the address's budget: the new token is refused there too, unchecked.
         resp = await client.get("/me/votes", headers={"Authorization": f"Bearer {admin_token}"})
+        assert resp.status == 429 and int(resp.headers["Retry-After"]) >= 1
+        # A token already verified costs no signature check: it still works, on either path.
+        resp = await client.get("/me/votes", headers={"Authorization": f"Bearer {known_token}"})
         assert resp.status == 200
-        await other.send_json({"type": "auth", "token": admin_token})
+        await other.send_json({"type": "auth", "token": known_token})
         assert await receive_json(other) == {"type": "auth", "role": "admin"}
 
 

@@ -7,6 +7,7 @@ from .errors import (
     NotFound,
     StoreError,
     StoreUnavailable,
+    TooManyFeatures,
     VotingClosed,
 )
 from .memory import MemoryStore
@@ -24,6 +25,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TooManyFeatures",
     "VotingClosed",
     "etag_for",
     "sort_key",

@@ -11,6 +11,8 @@ from typing import Final, NamedTuple
 import msgspec
 
 from ..schemas import (
+    EXCERPT_MARK,
+    EXCERPT_MAX,
     RANKED_SORTS,
     Board,
     BoardPatch,
@@ -87,6 +89,14 @@ def sort_key(sort: Sort, feature_id: int, up: int, down: int) -> CursorKey:
     return (-scaled(controversy(up, down), CONTROVERSY_SCALE), -(up + down), feature_id)
 
 
+def full_board(max_features: int) -> str:
+    """TooManyFeatures' message."""
+    return (
+        f"the board holds {max_features} features, its max_features; delete one (an admin) "
+        "before proposing another"
+    )
+
+
 def hides(results_hidden: bool, audience: Audience) -> bool:
     """Whether this audience must not see counts (and count-based orders) now."""
     return results_hidden and audience is Audience.PUBLIC
@@ -95,6 +105,21 @@ def hides(results_hidden: bool, audience: Audience) -> bool:
 def hides_order(sort: Sort, results_hidden: bool, audience: Audience) -> bool:
     """Whether a listing in `sort` runs by id ascending instead, so its order reveals nothing."""
     return sort in RANKED_SORTS and hides(results_hidden, audience)
+
+
+def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
+    """At most `limit` characters: a longer text is cut (between code points, never inside
+    one) to limit - 1 of them, trailing blanks dropped, and marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    return text[: limit - 1].rstrip() + EXCERPT_MARK
+
+
+def on_board(feature: Feature) -> Feature:
+    """A feature as stats and pushes carry it: its description cut to an excerpt."""
+    if len(feature.description) <= EXCERPT_MAX:
+        return feature
+    return msgspec.structs.replace(feature, description=excerpt(feature.description))
 
 
 def masked(feature: Feature) -> Feature:
@@ -189,6 +214,10 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def votes_of(self, voter: str) -> dict[int, int]: ...
+
+    async def seq(self) -> int:
+        """The current seq: what a cache of anything derived from the board is keyed by."""
+        return (await self.stats()).seq
 
     @abc.abstractmethod
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:

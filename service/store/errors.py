@@ -23,5 +23,9 @@ class StoreUnavailable(StoreError):
     """The backing store cannot be reached; the caller may retry later."""
 
 
+class TooManyFeatures(StoreError):
+    """The board holds max_features features already; a new one needs another removed first."""
+
+
 class VotingClosed(StoreError):
     """The presenter has locked the board: no vote may be set, moved or retracted."""

@@ -35,7 +35,11 @@ def store_from_settings(settings: Settings, env: Mapping[str, str] | None = None
                 f"the memory store lives in one process, but {WORKERS_ENV}={workers} asks for "
                 "more; set FV_STORE=redis://HOST:PORT/DB to run several",
             )
-        return MemoryStore(top_n=settings.top_n, idempotency_ttl=settings.idempotency_ttl)
+        return MemoryStore(
+            top_n=settings.top_n,
+            idempotency_ttl=settings.idempotency_ttl,
+            max_features=settings.max_features,
+        )
     if settings.store.startswith("unix://") or settings.store.startswith("redis"):
         from .redis import RedisStore  # imported only when used
 
@@ -45,6 +49,7 @@ def store_from_settings(settings: Settings, env: Mapping[str, str] | None = None
                 prefix=settings.redis_prefix,
                 top_n=settings.top_n,
                 idempotency_ttl=settings.idempotency_ttl,
+                max_features=settings.max_features,
                 socket_timeout=settings.redis_socket_timeout,
                 connect_timeout=settings.redis_connect_timeout,
                 max_connections=settings.redis_max_connections,

@@ -41,16 +41,19 @@ from .base import (
     StatsView,
     Store,
     etag_for,
+    full_board,
     hides,
     hides_order,
     masked,
     masked_vote,
+    on_board,
     public_standings,
     sort_key,
 )
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, VotingClosed
+from .errors import FeatureClosed, IdempotencyConflict, NotFound, TooManyFeatures, VotingClosed
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
+DEFAULT_MAX_FEATURES: Final = 1000
 
 # The top order's index holds each key (down - up, -up, id) packed into one int,
 # (down - up) * 2^128 + (-up) * 2^64 + id, so a vote's remove + add in the sorted list compares
@@ -113,10 +116,12 @@ class MemoryStore(Store):
         *,
         top_n: int = 20,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._lock = asyncio.Lock()
         self._top_n = top_n
+        self._max_features = max_features
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock
         self._features: dict[int, _Record] = {}
@@ -227,6 +232,8 @@ class MemoryStore(Store):
                     if seen[0] != fingerprint:
                         raise IdempotencyConflict("Idempotency-Key was used with another body")
                     return Created(self._shown(seen[1], audience), replayed=True)
+            if len(self._features) >= self._max_features:
+                raise TooManyFeatures(full_board(self._max_features))
             rec = _Record(self._next_id, new.title, new.description, Status.OPEN, datetime.now(UTC))
             self._next_id += 1
             self._features[rec.id] = rec
@@ -374,6 +381,9 @@ class MemoryStore(Store):
 
     # --- stats ------------------------------------------------------------------------------
 
+    async def seq(self) -> int:
+        return self._seq
+
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         if self._stats is None:
             self._stats = self._build_stats()
@@ -388,7 +398,7 @@ class MemoryStore(Store):
         """Both audiences' views of this seq; one shared view unless results are hidden."""
         seq, board = self._seq, self._board
         first = self._top_keys(None, None, self._top_n)
-        top = [self._features[key & _ID_MASK].view() for key in first]
+        top = [on_board(self._features[key & _ID_MASK].view()) for key in first]
         stats = Stats(
             seq=seq,
             total_features=len(self._features),
@@ -406,7 +416,10 @@ class MemoryStore(Store):
         new = self._new  # the first top_n by id ascending: the end of the id-desc order
         by_id = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
         hidden = msgspec.structs.replace(
-            stats, up=None, down=None, top=[masked(self._features[-k[0]].view()) for k in by_id]
+            stats,
+            up=None,
+            down=None,
+            top=[on_board(masked(self._features[-k[0]].view())) for k in by_id],
         )
         return (
             StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),

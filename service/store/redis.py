@@ -49,15 +49,25 @@ from .base import (
     StatsView,
     Store,
     etag_for,
+    full_board,
     hides,
     masked,
     masked_vote,
+    on_board,
     public_standings,
     sort_key,
 )
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, StoreUnavailable, VotingClosed
+from .errors import (
+    FeatureClosed,
+    IdempotencyConflict,
+    NotFound,
+    StoreUnavailable,
+    TooManyFeatures,
+    VotingClosed,
+)
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
+DEFAULT_MAX_FEATURES: Final = 1000
 # The change subscription: ping after this many quiet seconds; no answer for 3x: reconnect.
 PUBSUB_KEEPALIVE: Final = 5.0
 RECONNECT_MIN: Final = 0.05
@@ -148,6 +158,7 @@ class RedisStore(Store):
         prefix: str = "fv:",
         top_n: int = 20,
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
         socket_timeout: float = 1.0,
         connect_timeout: float = 0.5,
         max_connections: int = 50,
@@ -155,6 +166,7 @@ class RedisStore(Store):
     ) -> None:
         self._prefix = prefix
         self._top_n = top_n
+        self._max_features = max_features
         self._idempotency_ttl = idempotency_ttl
         self._clock = clock  # wall clock: idempotency expiry must agree between instances
         # Hard bound on one call: waiting for a pooled connection, connecting, the reply.
@@ -254,7 +266,10 @@ class RedisStore(Store):
             repr(now),
             repr(now + self._idempotency_ttl),
             max(1, round(self._idempotency_ttl * 1000)),
+            self._max_features,
         )
+        if reply[0] == "full":
+            raise TooManyFeatures(full_board(self._max_features))
         if reply[0] == "conflict":
             raise IdempotencyConflict("Idempotency-Key was used with another body")
         if reply[0] == "replay":
@@ -376,6 +391,9 @@ class RedisStore(Store):
                 log.error("Redis seq went back below %d: data was lost; moved on", floor)
         return seq
 
+    async def seq(self) -> int:
+        return await self._current_seq()
+
     async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
         return (await self._stats_views())[audience is Audience.ADMIN]
 
@@ -422,7 +440,7 @@ class RedisStore(Store):
             up=int(flat[2]),
             down=int(flat[3]),
             voters=int(flat[4]),
-            top=_features(flat[10:top_end]),
+            top=[on_board(f) for f in _features(flat[10:top_end])],
             generated_at=datetime.now(UTC),
             board=board,
         )
@@ -430,7 +448,10 @@ class RedisStore(Store):
             view = StatsView(seq, encoder.encode(stats), etag_for(seq))
             return view, view
         hidden = msgspec.structs.replace(
-            stats, up=None, down=None, top=[masked(f) for f in _features(flat[top_end:])]
+            stats,
+            up=None,
+            down=None,
+            top=[on_board(masked(f)) for f in _features(flat[top_end:])],
         )
         return (
             StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),

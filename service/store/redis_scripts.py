@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from ..schemas import CLOSED_STATUSES, Status
+from ..schemas import CLOSED_STATUSES, EXCERPT_MAX, Status
 from .base import CONTROVERSY_SCALE, WILSON_SCALE, WILSON_Z
 
 KEY_OFFSET: Final = 10**15
@@ -36,6 +36,9 @@ KEY_WIDTH: Final = 16
 FEATURE_FIELDS: Final = ("title", "description", "status", "created_at", "up", "down")
 RANKED: Final = ("top", "wilson", "controversial")  # the orders that move with votes
 LAYOUT: Final = "2"
+# STATS sends at most this many bytes of a description (UTF-8, at most 4 bytes a character): a
+# longer one still has more than EXCERPT_MAX characters, so Python cuts and marks it (on_board).
+EXCERPT_BYTES: Final = 4 * EXCERPT_MAX + 4
 
 _PRELUDE: Final = f"""
 local P = ARGV[1]
@@ -112,12 +115,32 @@ local function append_feature(out, id)
   out[#out + 1] = id
   for _, v in ipairs(redis.call('HMGET', fkey(id), unpack(FIELDS))) do out[#out + 1] = v end
 end
+-- the first n bytes of s or fewer, never ending inside a UTF-8 sequence
+local function head(s, n)
+  if #s <= n then return s end
+  local b = string.byte(s, n + 1)
+  while n > 0 and b >= 128 and b < 192 do
+    n = n - 1
+    b = string.byte(s, n + 1)
+  end
+  return string.sub(s, 1, n)
+end
+-- append_feature for stats: the description cut to what a board shows
+local function append_summary(out, id)
+  out[#out + 1] = id
+  local f = redis.call('HMGET', fkey(id), unpack(FIELDS))
+  f[2] = head(f[2], {EXCERPT_BYTES})
+  for i = 1, #FIELDS do out[#out + 1] = f[i] end
+end
 local function top_id(m) return tonumber(string.sub(m, {2 * KEY_WIDTH + 1})) - OFFSET end
 local function new_id(m) return OFFSET - tonumber(m) end
 """
 
-# ARGV: prefix, idempotency key name or '', title, description, created_at, now, expires, ttl_ms
-# -> {'created', id, seq, hidden} | {'replay', id, created_at, hidden} | {'conflict'}
+# ARGV: prefix, idempotency key name or '', title, description, created_at, now, expires, ttl_ms,
+#       max_features
+# -> {'created', id, seq, hidden} | {'replay', id, created_at, hidden} | {'conflict'} | {'full'}
+# The bound is read in the same script as the insert: concurrent creates on any number of
+# instances never take the board past max_features (a replay of an earlier create still works).
 CREATE: Final = (
     _PRELUDE
     + f"""
@@ -130,6 +153,9 @@ if idem ~= '' then
     end
     return {{'conflict'}}
   end
+end
+if tonumber(redis.call('HGET', P .. 'totals', 'features') or '0') >= tonumber(ARGV[9]) then
+  return {{'full'}}
 end
 local id = redis.call('INCR', P .. 'next_id')
 local status = '{Status.OPEN.value}'
@@ -310,7 +336,7 @@ return 1
 
 # ARGV: prefix, n -> {seq, features, up, down, voters, the board (title, round, voting_open,
 # results_hidden: false when unset), count, then the top n as in LIST, then, while results are
-# hidden, the first n by id ascending (the public's top)}
+# hidden, the first n by id ascending (the public's top); descriptions at most EXCERPT_BYTES}
 STATS: Final = (
     _PRELUDE
     + """
@@ -322,10 +348,10 @@ local board = redis.call('HMGET', P .. 'board', 'title', 'round', 'voting_open',
 for i = 1, 4 do out[#out + 1] = board[i] end
 local top = redis.call('ZRANGE', P .. 'top', 0, tonumber(ARGV[2]) - 1)
 out[#out + 1] = #top
-for _, m in ipairs(top) do append_feature(out, top_id(m)) end
+for _, m in ipairs(top) do append_summary(out, top_id(m)) end
 if board[4] == '1' then
   local first = redis.call('ZRANGE', P .. 'new', 0, tonumber(ARGV[2]) - 1, 'REV')
-  for _, m in ipairs(first) do append_feature(out, new_id(m)) end
+  for _, m in ipairs(first) do append_summary(out, new_id(m)) end
 end
 return out
 """
