@@ -19,7 +19,7 @@ from .core import Core
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openapi import document_bytes
-from .ratelimit import rate_limits_from_settings
+from .ratelimit import RateLimits, rate_limits_from_settings
 from .security import answer_headers, cors_preflight_middleware
 from .store import Store
 from .store.factory import store_from_settings
@@ -33,10 +33,15 @@ def make_store(settings: Settings) -> Store:
 
 
 def create_app(
-    settings: Settings, *, store: Store | None = None, tokens: Tokens | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    tokens: Tokens | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> web.Application:
     """Build the application; a given store is shared, not owned (the caller closes it), and
-    given tokens replace the ones the settings describe."""
+    given tokens or rate limits replace the ones the settings describe (a given limiter is
+    closed with the app)."""
     metrics = Metrics()
     lifecycle = Lifecycle()
     app = web.Application(
@@ -58,7 +63,7 @@ def create_app(
         cache_size=settings.token_cache_size,
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
-    app[keys.RATE_LIMITS] = rate_limits_from_settings(settings)
+    app[keys.RATE_LIMITS] = rate_limits or rate_limits_from_settings(settings)
     app[keys.CORE] = Core(
         store=app[keys.STORE],
         tokens=app[keys.TOKENS],

@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 
-from service import keys
 from service.app import create_app
 from service.ratelimit import (
     MemoryLimiter,
@@ -16,6 +15,7 @@ from service.ratelimit import (
     RedisLimiter,
     Rule,
     client_address,
+    rate_limits_from_settings,
     trusted_networks,
 )
 
@@ -105,11 +105,12 @@ def test_client_address(remote: str | None, xff: str | None, trusted: Any, expec
 
 
 async def test_token_flood_gets_429_while_healthz_answers(aiohttp_client: AiohttpClient) -> None:
-    app = create_app(make_settings(token_rate=60.0, token_burst=10))
-    # The app's own limiter and rules, on a clock the test moves: how many tokens the flood gets
+    settings = make_settings(token_rate=60.0, token_burst=10)
+    # The app's own rules on a limiter whose clock the test moves: how many tokens the flood gets
     # is then the rule's arithmetic, not how long 300 requests took on this host.
     clock = Clock()
-    app[keys.RATE_LIMITS] = replace(app[keys.RATE_LIMITS], limiter=MemoryLimiter(clock=clock))
+    limits = replace(rate_limits_from_settings(settings), limiter=MemoryLimiter(clock=clock))
+    app = create_app(settings, rate_limits=limits)
     client = await aiohttp_client(app)
 
     async def token() -> tuple[int, str | None, dict[str, Any]]:

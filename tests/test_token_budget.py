@@ -17,7 +17,6 @@ from typing import Final
 
 import pytest
 
-from service import keys
 from service.app import create_app
 from service.config import Settings
 from service.ratelimit import MemoryLimiter, RateLimited, Rule, rate_limits_from_settings
@@ -202,13 +201,14 @@ async def test_a_thousand_upgrades_from_one_address_through_the_ws_handler(
     """The real /ws handler with the default rule, its limiter on a test clock: one address's
     1,000 upgrades spread over 30 s all get 101; another address's 201st at one instant gets 429."""
     defaults = Settings()
-    app = create_app(make_settings(
+    settings = make_settings(
         ws_connect_rate=defaults.ws_connect_rate,
         ws_connect_burst=defaults.ws_connect_burst,
         trusted_proxies=("127.0.0.1",),  # so X-Forwarded-For names the client address
-    ))
+    )
     clock = Clock()
-    app[keys.RATE_LIMITS] = replace(app[keys.RATE_LIMITS], limiter=MemoryLimiter(clock=clock))
+    limits = replace(rate_limits_from_settings(settings), limiter=MemoryLimiter(clock=clock))
+    app = create_app(settings, rate_limits=limits)
     client = await aiohttp_client(app)
 
     async def upgrade(address: str) -> int:
