@@ -44,7 +44,7 @@ def redact(line: str) -> str:
 
 # How aiohttp's server (the `aiohttp.server` logger) reports a request it could not handle;
 # for one its HTTP parser refused, the exception carries the 4xx it answered as `code`.
-_AIOHTTP_SERVER_LOGGER: Final = "aiohttp.server"
+AIOHTTP_SERVER_LOGGER: Final = "aiohttp.server"
 _AIOHTTP_HANDLING_ERROR: Final = "Error handling request from %s"
 
 
@@ -61,7 +61,7 @@ class MalformedRequestFilter(logging.Filter):
     one line (WARNING at most) that names the error and the peer, and nothing the client sent."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name != _AIOHTTP_SERVER_LOGGER or record.msg != _AIOHTTP_HANDLING_ERROR:
+        if record.name != AIOHTTP_SERVER_LOGGER or record.msg != _AIOHTTP_HANDLING_ERROR:
             return True
         exc = record.exc_info[1] if record.exc_info else None
         code = _client_error_code(exc)
@@ -81,12 +81,8 @@ def _finish(record: logging.LogRecord, line: str) -> str:
 
 @functools.lru_cache(maxsize=4)
 def _second(epoch_second: int) -> str:
+    """The date and time of a line, to the second (ISO 8601, UTC): formatted once a second."""
     return datetime.fromtimestamp(epoch_second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-def _timestamp(record: logging.LogRecord) -> str:
-    """ISO 8601 UTC with milliseconds; the date part is formatted once per second."""
-    return f"{_second(int(record.created))}.{int(record.msecs):03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -94,7 +90,7 @@ class JsonFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": _timestamp(record),
+            "ts": f"{_second(int(record.created))}.{int(record.msecs):03d}+00:00",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -102,7 +98,8 @@ class JsonFormatter(logging.Formatter):
         entry.update({k: v for k, v in vars(record).items() if k not in _BASE_FIELDS})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return _finish(record, _encoder.encode(entry).decode())
+        line = _encoder.encode(entry).decode()
+        return line if getattr(record, SHOWS_TOKEN, False) or "eyJ" not in line else redact(line)
 
 
 class TextFormatter(logging.Formatter):
@@ -183,11 +180,15 @@ def setup_logging(level: str, fmt: str) -> None:
     # the process id alone is a getpid() system call per record).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = BatchingStreamHandler()
-    handler.addFilter(MalformedRequestFilter())
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    # On the logger whose records it rewrites, not on the handler: the access line and every
+    # other record pass no filter of ours.
+    server = logging.getLogger(AIOHTTP_SERVER_LOGGER)
+    if not any(isinstance(f, MalformedRequestFilter) for f in server.filters):
+        server.addFilter(MalformedRequestFilter())
 
 
 @functools.lru_cache(maxsize=4096)

@@ -22,6 +22,7 @@ from service.logs import (
     SHOWS_TOKEN,
     BatchingStreamHandler,
     JsonFormatter,
+    MalformedRequestFilter,
     TextFormatter,
     setup_logging,
     voter_hash,
@@ -197,18 +198,20 @@ def test_no_token_or_secret_in_a_served_process_log() -> None:
 def served_logging() -> Iterator[io.StringIO]:
     """Logging as `setup_logging` leaves it in a served process (one JSON handler on the root,
     writing to the returned stream); the test run's own handlers are put back after."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
+    root, server = logging.getLogger(), logging.getLogger("aiohttp.server")
+    saved = root.handlers[:], root.level, server.filters[:]
     stream = io.StringIO()
     setup_logging("info", "json")
     (handler,) = root.handlers
     assert isinstance(handler, BatchingStreamHandler)
+    assert handler.filters == []  # a line passes no filter of ours on its way out...
+    assert [type(f) for f in server.filters] == [MalformedRequestFilter]  # ...but aiohttp's
     handler.setStream(stream)
     try:
         yield stream
     finally:
         handler.flush()
-        root.handlers[:], root.level = saved
+        root.handlers[:], root.level, server.filters[:] = saved
 
 
 async def test_the_access_line_is_a_record_every_handler_sees(
@@ -250,8 +253,6 @@ def aiohttp_server_record(exc: BaseException, level: int = logging.ERROR) -> log
 
 
 def test_a_refused_request_is_one_warning_without_what_the_client_sent() -> None:
-    from service.logs import MalformedRequestFilter
-
     token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
     record = aiohttp_server_record(ParserError(f"bad header: Authorization: Bearer {token}"))
     assert MalformedRequestFilter().filter(record)
