@@ -49,7 +49,8 @@ _ID_COUNTER: Final = itertools.count(1)
 CLIENT_CLOSED: Final = 499  # nginx's "client closed request": nobody was left to answer
 SHUTDOWN_CANCELLED: Final = 503  # cancelled by a shutdown that could not wait any longer
 
-access_log: Final = logging.getLogger("service.access")
+ACCESS_LOGGER: Final = "service.access"
+access_log: Final = logging.getLogger(ACCESS_LOGGER)
 log: Final = logging.getLogger(__name__)
 
 
@@ -149,6 +150,14 @@ def request_context(metrics: Metrics, lifecycle: Lifecycle, *, access: bool) -> 
                 }
                 if voter:
                     fields["voter"] = voter_hash(voter)
-                access_log.info("%s %s %d", method, route, status, extra=fields)
+                # A LogRecord through the logger's filters and handlers, as `.info()` makes, less
+                # the look-up of the calling file and line (no access line shows them): the
+                # documented makeRecord + handle pair, ~6 µs of a vote's CPU.
+                access_log.handle(
+                    access_log.makeRecord(
+                        ACCESS_LOGGER, info, __file__, 0, "%s %s %d", (method, route, status),
+                        None, extra=fields,
+                    )
+                )
 
     return middleware
