@@ -715,7 +715,9 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
     )
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
-        env.update(UNLIMITED, FV_SECRET=secret, FV_HOST=HOST)
+        # The boards measured here are larger than max_features allows by default.
+        largest = max(plan.sizes)
+        env.update(UNLIMITED, FV_SECRET=secret, FV_HOST=HOST, FV_MAX_FEATURES=str(largest))
         for n in plan.sizes:  # one redis-server per size; seeded through the store
             port = free_port()
             redis = spawn(
@@ -735,7 +737,11 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
             )
             procs.append(redis)
             rstore = RedisStore(
-                f"redis://{HOST}:{port}/0", socket_timeout=60, connect_timeout=5, max_connections=64
+                f"redis://{HOST}:{port}/0",
+                socket_timeout=60,
+                connect_timeout=5,
+                max_connections=64,
+                max_features=largest,
             )
             for _ in range(100):
                 with contextlib.suppress(Exception):
@@ -746,7 +752,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
             await seed_store(rstore, n)
             await rstore.start()  # subscribes, as in the service (and builds the rankings)
             seeding[f"redis {label(n)} (store)"] = time.monotonic() - t0
-            mstore = MemoryStore()
+            mstore = MemoryStore(max_features=largest)
             t0 = time.monotonic()
             await seed_store(mstore, n)
             seeding[f"memory {label(n)} (store)"] = time.monotonic() - t0

@@ -45,7 +45,7 @@ async def brute_force(
 
 async def board(n: int, seed: int) -> tuple[MemoryStore, random.Random]:
     """n features with random votes, most of them open; planned is rare, in_progress empty."""
-    store, rng = MemoryStore(top_n=TOP_N), random.Random(seed)
+    store, rng = MemoryStore(top_n=TOP_N, max_features=n), random.Random(seed)
     for i in range(n):
         await store.create_feature(FeatureCreate(f"Feature {i}", ""), owner="owner")
     for j in range(n // 2):

@@ -5,15 +5,10 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
-import msgspec
-
 from ..schemas import (
-    EXCERPT_MARK,
-    EXCERPT_MAX,
-    RANKED_SORTS,
     Board,
     BoardPatch,
     Feature,
@@ -95,45 +90,6 @@ def full_board(max_features: int) -> str:
         f"the board holds {max_features} features, its max_features; delete one (an admin) "
         "before proposing another"
     )
-
-
-def hides(results_hidden: bool, audience: Audience) -> bool:
-    """Whether this audience must not see counts (and count-based orders) now."""
-    return results_hidden and audience is Audience.PUBLIC
-
-
-def hides_order(sort: Sort, results_hidden: bool, audience: Audience) -> bool:
-    """Whether a listing in `sort` runs by id ascending instead, so its order reveals nothing."""
-    return sort in RANKED_SORTS and hides(results_hidden, audience)
-
-
-def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
-    """At most `limit` characters: a longer text is cut (between code points, never inside
-    one) to limit - 1 of them, trailing blanks dropped, and marked with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    return text[: limit - 1].rstrip() + EXCERPT_MARK
-
-
-def on_board(feature: Feature) -> Feature:
-    """A feature as stats and pushes carry it: its description cut to an excerpt."""
-    if len(feature.description) <= EXCERPT_MAX:
-        return feature
-    return msgspec.structs.replace(feature, description=excerpt(feature.description))
-
-
-def masked(feature: Feature) -> Feature:
-    """The feature as a non-admin sees it while results are hidden."""
-    return msgspec.structs.replace(feature, up=None, down=None, score=None)
-
-
-def masked_vote(vote: VoteOut) -> VoteOut:
-    return msgspec.structs.replace(vote, up=None, down=None, score=None)
-
-
-def public_standings(features: Iterable[Feature]) -> list[Feature]:
-    """Hidden standings: by id, counts null."""
-    return sorted((masked(f) for f in features), key=lambda f: f.id)
 
 
 class Page(NamedTuple):
