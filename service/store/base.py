@@ -11,6 +11,7 @@ from typing import Final, NamedTuple
 from ..schemas import (
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -19,6 +20,7 @@ from ..schemas import (
     Standings,
     Status,
     VoteOut,
+    VoteValue,
 )
 
 # A position in a listing: the sort key of the last item returned.
@@ -161,7 +163,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         """Set the voter's vote to +1/-1, or retract it with 0; repeating is a no-op.
 
@@ -169,7 +176,7 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def votes_of(self, voter: str) -> dict[int, int]: ...
+    async def votes_of(self, voter: str) -> dict[int, CastVote]: ...
 
     async def seq(self) -> int:
         """The current seq: what a cache of anything derived from the board is keyed by."""

@@ -20,6 +20,7 @@ from ..schemas import (
     DEFAULT_BOARD,
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -29,6 +30,7 @@ from ..schemas import (
     Stats,
     Status,
     VoteOut,
+    VoteValue,
 )
 from .base import (
     KEY_LENGTH,
@@ -130,8 +132,8 @@ class MemoryStore(Store):
         self._new: SortedList[CursorKey] = SortedList()
         self._new_by_status: dict[Status, SortedList[CursorKey]]
         self._new_by_status = {status: SortedList() for status in Status}
-        self._by_feature: dict[int, dict[str, int]] = {}
-        self._by_voter: dict[str, dict[int, int]] = {}
+        self._by_feature: dict[int, dict[str, CastVote]] = {}
+        self._by_voter: dict[str, dict[int, CastVote]] = {}
         self._idempotency: OrderedDict[tuple[str, str], tuple[tuple[str, str], Feature, float]]
         self._idempotency = OrderedDict()
         self._next_id = 1
@@ -337,7 +339,12 @@ class MemoryStore(Store):
             del self._by_voter[voter]
 
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         async with self._lock:
             rec = self._record(feature_id)
@@ -366,10 +373,10 @@ class MemoryStore(Store):
                     del votes[voter]
                     self._forget_voter_vote(voter, feature_id)
                 self._changed()
-            out = VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)  # type: ignore[arg-type]
+            out = VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)
             return visible(out, self._board.results_hidden, audience)
 
-    async def votes_of(self, voter: str) -> dict[int, int]:
+    async def votes_of(self, voter: str) -> dict[int, CastVote]:
         return dict(self._by_voter.get(voter, {}))
 
     # --- stats ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..schemas import (
     DEFAULT_BOARD,
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -36,6 +37,7 @@ from ..schemas import (
     Stats,
     Status,
     VoteOut,
+    VoteValue,
 )
 from . import redis_scripts as lua
 from .base import (
@@ -349,7 +351,12 @@ class RedisStore(Store):
     # --- votes ----------------------------------------------------------------------------------
 
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         reply = await self._script("vote", voter, str(feature_id), value)
         if reply[0] == "notfound":
@@ -361,12 +368,12 @@ class RedisStore(Store):
         up, down, seq = int(reply[1]), int(reply[2]), int(reply[3])
         if seq:
             self._notify(seq)
-        out = VoteOut(feature_id, value, up, down, up - down)  # type: ignore[arg-type]
+        out = VoteOut(feature_id, value, up, down, up - down)
         return visible(out, reply[4] == 1, audience)
 
-    async def votes_of(self, voter: str) -> dict[int, int]:
+    async def votes_of(self, voter: str) -> dict[int, CastVote]:
         mine = await self._call(self._redis.hgetall(f"{self._prefix}v:{voter}"))
-        return {int(k): int(v) for k, v in mine.items()}
+        return {int(k): 1 if int(v) > 0 else -1 for k, v in mine.items()}  # stored "1" / "-1"
 
     # --- stats ----------------------------------------------------------------------------------
 
