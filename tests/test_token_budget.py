@@ -10,8 +10,9 @@ import math
 
 import pytest
 
+from service.app import rate_limits_from_settings
 from service.config import Settings
-from service.ratelimit import MemoryLimiter, RateLimited, Rule, rate_limits_from_settings
+from service.ratelimit import MemoryLimiter, RateLimited, Rule
 
 ROOM = 1_000
 JOIN_WITHIN = 30.0  # seconds
