@@ -715,9 +715,8 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
     )
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
-        # The boards measured here are larger than max_features allows by default.
-        largest = max(plan.sizes)
-        env.update(UNLIMITED, FV_SECRET=secret, FV_HOST=HOST, FV_MAX_FEATURES=str(largest))
+        # Boards beyond the default max_features are what this measures.
+        env.update(UNLIMITED, FV_SECRET=secret, FV_HOST=HOST, FV_MAX_FEATURES=str(max(plan.sizes)))
         for n in plan.sizes:  # one redis-server per size; seeded through the store
             port = free_port()
             redis = spawn(
@@ -741,7 +740,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
                 socket_timeout=60,
                 connect_timeout=5,
                 max_connections=64,
-                max_features=largest,
+                max_features=n,
             )
             for _ in range(100):
                 with contextlib.suppress(Exception):
@@ -752,7 +751,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
             await seed_store(rstore, n)
             await rstore.start()  # subscribes, as in the service (and builds the rankings)
             seeding[f"redis {label(n)} (store)"] = time.monotonic() - t0
-            mstore = MemoryStore(max_features=largest)
+            mstore = MemoryStore(max_features=n)
             t0 = time.monotonic()
             await seed_store(mstore, n)
             seeding[f"memory {label(n)} (store)"] = time.monotonic() - t0

@@ -14,10 +14,10 @@ from . import api, board_api, keys, ops, pages, ws
 from .auth import Tokens
 from .broadcaster import Broadcaster, Limits
 from .config import PROJECT_ROOT, Settings
+from .context import request_context
 from .core import Core
-from .errors import problem_middleware
-from .lifecycle import Lifecycle, inflight_middleware
-from .metrics import Metrics, metrics_middleware
+from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .openapi import document_bytes
 from .ratelimit import (
     Limiter,
@@ -27,7 +27,7 @@ from .ratelimit import (
     Rule,
     trusted_networks,
 )
-from .security import add_security_headers, cors_middleware
+from .security import answer_headers, cors_preflight_middleware
 from .store import Store
 from .store.factory import store_from_settings
 
@@ -66,19 +66,24 @@ def rate_limits_from_settings(settings: Settings) -> RateLimits:
 
 
 def create_app(
-    settings: Settings, *, store: Store | None = None, tokens: Tokens | None = None
+    settings: Settings,
+    *,
+    store: Store | None = None,
+    tokens: Tokens | None = None,
+    rate_limits: RateLimits | None = None,
 ) -> web.Application:
     """Build the application; a given store is shared, not owned (the caller closes it), and
-    given tokens replace the ones the settings describe."""
+    given tokens or rate limits replace the ones the settings describe (a given limiter is
+    closed with the app)."""
     metrics = Metrics()
     lifecycle = Lifecycle()
     app = web.Application(
         client_max_size=settings.max_body_size,
+        # The request context is outermost: what any later layer or handler raises is
+        # answered, counted and logged; preflights (when CORS is configured) included.
         middlewares=[
-            inflight_middleware(lifecycle),
-            *([cors_middleware(settings.cors_origins)] if settings.cors_origins else []),
-            metrics_middleware(metrics, access=settings.access_log),
-            problem_middleware,
+            request_context(metrics, lifecycle, access=settings.access_log),
+            *([cors_preflight_middleware(settings.cors_origins)] if settings.cors_origins else []),
         ],
     )
     app[keys.SETTINGS] = settings
@@ -91,7 +96,7 @@ def create_app(
         cache_size=settings.token_cache_size,
     )
     app[keys.STORE] = store if store is not None else make_store(settings)
-    app[keys.RATE_LIMITS] = rate_limits_from_settings(settings)
+    app[keys.RATE_LIMITS] = rate_limits or rate_limits_from_settings(settings)
     app[keys.CORE] = Core(
         store=app[keys.STORE],
         tokens=app[keys.TOKENS],
@@ -117,7 +122,7 @@ def create_app(
     app.cleanup_ctx.append(_follow_seq)
     app.cleanup_ctx.append(_run_broadcaster)
     app.on_shutdown.append(_start_draining)
-    app.on_response_prepare.append(add_security_headers)
+    app.on_response_prepare.append(answer_headers(settings.cors_origins))
 
     app.add_routes(api.routes)
     app.add_routes(board_api.routes)
@@ -166,7 +171,7 @@ def make_runner(app: web.Application, settings: Settings) -> web.AppRunner:
     return web.AppRunner(
         app,
         shutdown_timeout=settings.shutdown_timeout,
-        access_log=None,  # our own structured access log is written by a middleware
+        access_log=None,  # our own structured access line: service/context.py
         handle_signals=False,
         max_line_size=settings.max_header_size,
         max_field_size=settings.max_header_size,

@@ -119,8 +119,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     vote_burst: NonNegativeInt = 20
     create_rate: NonNegativeFloat = 10.0
     create_burst: NonNegativeInt = 5
-    ws_connect_rate: NonNegativeFloat = 120.0
-    ws_connect_burst: NonNegativeInt = 60
+    # The same room's screens: 1,000 sockets within 30 s, retrying on live.js's backoff (ADR-011).
+    ws_connect_rate: NonNegativeFloat = 3600.0
+    ws_connect_burst: NonNegativeInt = 200
     auth_failure_rate: NonNegativeFloat = 60.0
     auth_failure_burst: NonNegativeInt = 20
     trusted_proxies: tuple[str, ...] = ()

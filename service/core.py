@@ -250,7 +250,7 @@ class Core:
             new, owner=claims.sub, idempotency_key=idempotency_key, audience=audience_for(claims)
         )
         if not created.replayed:
-            self.metrics.features.labels("create").inc()
+            self.metrics.features_created.inc()
         return created
 
     async def feature(self, feature_id: int, audience: Audience) -> Feature:
@@ -272,13 +272,13 @@ class Core:
     async def patch_feature(self, admin: Claims, feature_id: int, patch: FeaturePatch) -> Feature:
         require_role(admin, Role.ADMIN)
         feature = await self.store.update_feature(feature_id, patch)
-        self.metrics.features.labels("update").inc()
+        self.metrics.features_updated.inc()
         return feature
 
     async def delete_feature(self, admin: Claims, feature_id: int) -> None:
         require_role(admin, Role.ADMIN)
         await self.store.delete_feature(feature_id)
-        self.metrics.features.labels("delete").inc()
+        self.metrics.features_deleted.inc()
 
     async def stats(self, audience: Audience) -> StatsView:
         """This audience's stats of the current seq (encoded once per seq by the store)."""

@@ -11,7 +11,6 @@ from typing import Final
 
 import msgspec
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from .auth import Forbidden, TokenInvalid, TokenMissing
 from .ratelimit import LimiterUnavailable, RateLimited
@@ -29,7 +28,11 @@ PROBLEM_JSON: Final = "application/problem+json"
 RETRY_AFTER_SECONDS: Final = "1"
 _LOC: Final = re.compile(r"`(\$[^`]*)`")
 # RFC 9110 names where Python's http module still has the older ones.
-TITLES: Final = {413: "Content Too Large", 422: "Unprocessable Content"}
+TITLES: Final = {
+    413: "Content Too Large",
+    422: "Unprocessable Content",
+    499: "Client Closed Request",  # nginx's, for a client that left before its answer
+}
 log = logging.getLogger(__name__)
 
 # Domain error -> (status, extra headers). Subclasses map through their base.
@@ -118,19 +121,12 @@ def problem_from(exc: Exception) -> web.Response | None:
 
 
 def internal_error(method: str, path: str) -> web.Response:
-    """The 500 for an unexpected error, logged with its traceback (call inside `except`)."""
+    """The 500 for an unexpected error, logged with its traceback (call inside `except`);
+    service/context.py's middleware maps what handlers raise through here and problem_from."""
     log.exception("unhandled error on %s %s", method, path)
     return problem_response(500, "internal error; see the server log")
 
 
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn every error a handler raises into problem+json; nothing escapes as a bare 500."""
-    try:
-        return await handler(request)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_from(exc) or internal_error(request.method, request.path)
-    except Exception as exc:
-        return problem_from(exc) or internal_error(request.method, request.path)
+def client_closed() -> web.Response:
+    """What a request whose client left gets (nobody reads it; its status is what is counted)."""
+    return problem_response(499, "the client closed the connection before its answer")

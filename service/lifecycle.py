@@ -6,13 +6,11 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from aiohttp import hdrs, web
-from aiohttp.typedefs import Handler, Middleware
-
 
 @dataclass(slots=True)
 class Lifecycle:
-    """Not client state: set once when the instance starts draining, and a request counter."""
+    """Not client state: set once when the instance starts draining, and a request counter
+    (kept by service/context.py's middleware)."""
 
     draining: bool = False
     inflight: int = 0
@@ -32,19 +30,3 @@ class Lifecycle:
         if self.inflight:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.idle.wait(), limit)
-
-
-def inflight_middleware(lifecycle: Lifecycle) -> Middleware:
-    """Count plain HTTP requests (not WebSockets: shutdown closes those with 1001)."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.headers.get(hdrs.UPGRADE, "").lower() == "websocket":
-            return await handler(request)
-        lifecycle.begin()
-        try:
-            return await handler(request)
-        finally:
-            lifecycle.end()
-
-    return middleware

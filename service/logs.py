@@ -1,35 +1,37 @@
-"""Logs: one JSON object per line (or readable text in development), one access line a request."""
+"""Logs: one JSON object per line (or readable text in development), on the standard path.
+
+Every line is a LogRecord through logging's own handler chain: the access line too
+(service/context.py logs it on the `service.access` logger with its fields as `extra`).
+setup_logging puts one handler on the root logger: a BatchingStreamHandler (a StreamHandler
+that writes a loop turn's lines in one write) with JsonFormatter or TextFormatter, both of
+which mask anything shaped like a token.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import hashlib
-import itertools
 import logging
-import os
 import re
 import sys
-import time
+import threading
 from datetime import UTC, datetime
 from typing import Any, Final
 
 import msgspec
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
 
-REQUEST_ID_HEADER: Final = "X-Request-ID"
-_REQUEST_ID: Final = re.compile(r"^[\w.:-]{1,128}$")
-# Set on the request by the auth helper; the access log writes only a hash of it.
+# Set on the request by the auth helper; the access line writes only a hash of it.
 VOTER_KEY: Final = web.RequestKey("voter_id", str)
-REQUEST_ID_KEY: Final = web.RequestKey("request_id", str)
-# Generated request ids: random per process, then a counter (unique across instances, and far
-# cheaper than a uuid4 per request).
-_ID_PREFIX: Final = os.urandom(8).hex()
-_ID_COUNTER: Final = itertools.count(1)
-_BASE_FIELDS: Final = frozenset(vars(logging.makeLogRecord({})))
+# A record's own attributes; any other is an extra field of the line. (`message` and `asctime`
+# are what a Formatter adds to the record, `taskName` Python 3.12's.)
+_BASE_FIELDS: Final = frozenset(vars(logging.makeLogRecord({}))) | {
+    "message",
+    "asctime",
+    "taskName",
+}
 _encoder: Final = msgspec.json.Encoder()
-access_log: Final = logging.getLogger("service.access")
 # Anything shaped like a JWT (a token) is masked in every line, wherever it came from; the one
 # record allowed to show a token sets `extra={SHOWS_TOKEN: True}` (the start-up admin token).
 _TOKEN: Final = re.compile(r"eyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
@@ -40,19 +42,36 @@ def redact(line: str) -> str:
     return _TOKEN.sub("<token>", line) if "eyJ" in line else line
 
 
+# How aiohttp's server (the `aiohttp.server` logger) reports a request it could not handle;
+# for one its HTTP parser refused, the exception carries the 4xx it answered as `code`.
+_AIOHTTP_SERVER_LOGGER: Final = "aiohttp.server"
+_AIOHTTP_HANDLING_ERROR: Final = "Error handling request from %s"
+
+
+def _client_error_code(exc: BaseException | None) -> int | None:
+    """The 4xx of an exception aiohttp's parser raised for a malformed request, else None
+    (duck-typed: aiohttp's parser errors are not in a public module)."""
+    code = getattr(exc, "code", None)
+    return code if type(code) is int and 400 <= code < 500 else None
+
+
 class MalformedRequestFilter(logging.Filter):
-    """aiohttp logs a request its parser rejects (client garbage, answered 400) at ERROR with a
+    """aiohttp logs a request its parser rejects (client garbage, answered 4xx) at ERROR with a
     traceback holding the raw offending line, which may carry an Authorization header. Make it
-    one WARNING line that names the error and the peer, and nothing the client sent."""
+    one line (WARNING at most) that names the error and the peer, and nothing the client sent."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if record.name != _AIOHTTP_SERVER_LOGGER or record.msg != _AIOHTTP_HANDLING_ERROR:
+            return True
         exc = record.exc_info[1] if record.exc_info else None
-        if isinstance(exc, HttpProcessingError):
+        code = _client_error_code(exc)
+        if code is not None:
             peer = record.args[0] if isinstance(record.args, tuple) and record.args else "?"
             record.msg = "rejected a malformed request from %s: %s (%d)"
-            record.args = (peer, type(exc).__name__, exc.code)
+            record.args = (peer, type(exc).__name__, code)
             record.exc_info = record.exc_text = None
-            record.levelno, record.levelname = logging.WARNING, "WARNING"
+            if record.levelno > logging.WARNING:
+                record.levelno, record.levelname = logging.WARNING, "WARNING"
         return True
 
 
@@ -65,25 +84,25 @@ def _second(epoch_second: int) -> str:
     return datetime.fromtimestamp(epoch_second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
 
 
-def _timestamp(created: float) -> str:
+def _timestamp(record: logging.LogRecord) -> str:
     """ISO 8601 UTC with milliseconds; the date part is formatted once per second."""
-    second = int(created)
-    return f"{_second(second)}.{int((created - second) * 1000):03d}+00:00"
+    return f"{_second(int(record.created))}.{int(record.msecs):03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
-    """{"ts", "level", "logger", "msg", ...extra fields} on one line."""
+    """{"ts", "level", "logger", "msg", ...extra fields, "exc"} on one line."""
 
     def format(self, record: logging.LogRecord) -> str:
-        entry = _entry(record.created, record.levelname.lower(), record.name, record.getMessage())
+        entry: dict[str, Any] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         entry.update({k: v for k, v in vars(record).items() if k not in _BASE_FIELDS})
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return _finish(record, _encoder.encode(entry).decode())
-
-
-def _entry(created: float, level: str, logger: str, msg: str) -> dict[str, Any]:
-    return {"ts": _timestamp(created), "level": level, "logger": logger, "msg": msg}
 
 
 class TextFormatter(logging.Formatter):
@@ -101,45 +120,54 @@ class TextFormatter(logging.Formatter):
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Lines logged during one turn of the event loop reach the stream in one write + flush
     at the end of that turn (instead of one syscall per line); outside a running loop, at once.
-    Under load, many requests' access lines share a write."""
+    Under load, many requests' access lines share a write.
+
+    The loop is looked up once and kept while it runs on the same thread: on Python 3.11
+    asyncio.get_running_loop() makes a getpid() system call each time (py-spy under the REST
+    benchmark: ~8 % of a vote's CPU in this VM when asked per line). A thread runs at most
+    one loop at a time, so the kept loop is this thread's running loop while it is running."""
 
     def __init__(self) -> None:
         super().__init__()
         self._pending: list[str] = []
+        self._loop: asyncio.AbstractEventLoop | None = None  # the running loop last found,
+        self._loop_thread = 0  # on this thread
         self._flush_on: asyncio.AbstractEventLoop | None = None  # the loop a flush waits on
 
     def emit(self, record: logging.LogRecord) -> None:
+        """The formatted line, written at the end of this turn of the loop."""
         try:
             line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        self.enqueue(line)
-
-    def enqueue(self, line: str) -> None:
-        """A formatted line, written at the end of this turn of the loop."""
         self._pending.append(line + self.terminator)
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # no loop running here: write now
-            self.flush()
-            return
+        loop = self._loop
+        if loop is None or self._loop_thread != threading.get_ident() or not loop.is_running():
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # no loop running here: write now
+                self.flush()
+                return
+            self._loop, self._loop_thread = loop, threading.get_ident()
         if self._flush_on is not loop:  # (a flush left on a loop that ended never runs)
             loop.call_soon(self.flush)
             self._flush_on = loop
 
     def flush(self) -> None:
-        self._flush_on = None
-        if self._pending:
+        self.acquire()
+        try:
+            self._flush_on = None
+            if not self._pending:
+                return
             text, self._pending = "".join(self._pending), []
-            self.acquire()
             try:
                 self.stream.write(text)
                 self.stream.flush()
             except Exception:
                 logging.Handler.handleError(self, logging.makeLogRecord({"msg": text}))
-            finally:
-                self.release()
+        finally:
+            self.release()
 
     def close(self) -> None:
         self.flush()
@@ -150,9 +178,9 @@ def setup_logging(level: str, fmt: str) -> None:
     """Root logging for the process; `fmt` is json, text, or auto (text on a terminal)."""
     if fmt == "auto":
         fmt = "text" if sys.stderr.isatty() else "json"
-    # Fields no line of ours shows, skipped when each record is made (the logging HOWTO's
-    # "Optimization" list): the caller's frame, thread and process names.
-    logging._srcfile = None
+    # Fields no line of ours shows, skipped when each record is made: the thread's and the
+    # process's names and ids (the documented switches of the logging HOWTO's "Optimization";
+    # the process id alone is a getpid() system call per record).
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = BatchingStreamHandler()
     handler.addFilter(MalformedRequestFilter())
@@ -162,91 +190,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
 
 
-def pick_request_id(given: str) -> str:
-    """The caller's X-Request-ID when it is sane, else a new one."""
-    return given if _REQUEST_ID.match(given) else f"{_ID_PREFIX}{next(_ID_COUNTER):08x}"
-
-
-def request_id(request: web.Request) -> str:
-    """pick_request_id for an aiohttp request, stored on the request for its access line."""
-    rid = pick_request_id(request.headers.get(REQUEST_ID_HEADER, ""))
-    request[REQUEST_ID_KEY] = rid
-    return rid
-
-
 @functools.lru_cache(maxsize=4096)
 def voter_hash(voter_id: str) -> str:
     """A stable pseudonym for correlating a voter's lines without logging the id itself."""
     return hashlib.sha256(voter_id.encode()).hexdigest()[:12]
-
-
-def log_access(request: web.Request, route: str, status: int, seconds: float) -> None:
-    """One line per request; never a token, a secret or a raw voter id."""
-    write_access(
-        request.get(REQUEST_ID_KEY),
-        request.method,
-        route,
-        status,
-        seconds,
-        request.remote,
-        request.get(VOTER_KEY),
-    )
-
-
-def write_access(
-    rid: str | None,
-    method: str,
-    route: str,
-    status: int,
-    seconds: float,
-    remote: str | None,
-    voter: str | None,
-) -> None:
-    """The access line itself."""
-    if not access_log.isEnabledFor(logging.INFO):
-        return
-    fields: dict[str, Any] = {
-        "request_id": rid,
-        "method": method,
-        "route": route,
-        "status": status,
-        "ms": round(seconds * 1000, 2),
-        "remote": remote,
-    }
-    if voter:
-        fields["voter"] = voter_hash(voter)
-    sink = _json_sink()
-    if sink is None:
-        access_log.info("%s %s %d", method, route, status, extra=fields)
-        return
-    # What access_log.info would put on that handler, without a LogRecord and the handler chain.
-    entry = _entry(time.time(), "info", access_log.name, f"{method} {route} {status}")
-    entry.update(fields)
-    sink.enqueue(redact(_encoder.encode(entry).decode()))
-
-
-def _json_sink() -> BatchingStreamHandler | None:
-    """The handler an access record would reach, when it is the only one and formats JSON
-    lines; then write_access may format the line itself (a third of the cost of a record).
-    None when anything else would see the record: another handler or filter on the way, a
-    handler above INFO, another formatter (tests, or a logging setup not made here)."""
-    logger: logging.Logger | None = access_log
-    found = None
-    while logger is not None:
-        if logger.filters:
-            return None
-        for handler in logger.handlers:
-            if found is not None or type(handler) is not BatchingStreamHandler:
-                return None
-            found = handler
-        if not logger.propagate:
-            break
-        logger = logger.parent
-    if (
-        found is None
-        or found.level > logging.INFO
-        or type(found.formatter) is not JsonFormatter
-        or any(type(f) is not MalformedRequestFilter for f in found.filters)
-    ):
-        return None
-    return found

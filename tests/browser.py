@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ from typing import Any, Final
 
 from .conftest import TEST_SECRET
 from .log_capture import log_path
+from .ports import START_ATTEMPTS, PortTaken, free_port, port_taken
 
 ROOT: Final = Path(__file__).resolve().parent.parent
 CHROMIUM_CANDIDATES: Final = ("/usr/bin/chromium", "chromium", "chromium-browser")
@@ -55,24 +55,20 @@ def chromium_browser() -> Iterator[Any]:
             browser.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class Server:
-    """`python -m service` on a fixed loopback port; can be killed and started again."""
+    """`python -m service` on a fixed loopback port; can be killed and started again.
+
+    The first start moves to another port if someone took this one first (tests/ports.py);
+    once it has served, a restart keeps its port (clients reconnect to it)."""
 
     def __init__(self, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.port = 0
+        self.url = ""
+        self.served = False
         self.env = {
             **os.environ,
             "FV_SECRET": TEST_SECRET,
             "FV_HOST": "127.0.0.1",
-            "PORT": str(self.port),
             "FV_DRAIN_DELAY": "0",
             "FV_LOG_LEVEL": "warning",
             # the tests mint many tokens from 127.0.0.1; tests/test_ratelimit.py covers limits
@@ -83,13 +79,34 @@ class Server:
             "FV_AUTH_FAILURE_RATE": "0",  # fuzzers and pages send bad tokens on purpose
             **env,
         }
+        self.use_port(free_port())
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = log_path(f"server-{self.port}", self.env)  # every start appends its stderr
+
+    def use_port(self, port: int) -> None:
+        """Serve on `port` from the next start on."""
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.env["PORT"] = str(port)
 
     def log_text(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace") if self.log.exists() else ""
 
     def start(self) -> Server:
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+            except PortTaken:
+                if self.served or attempt == START_ATTEMPTS:
+                    raise
+                self.use_port(free_port())
+            else:
+                self.served = True
+                return self
+        raise AssertionError("unreachable")
+
+    def _start_once(self) -> None:
+        started_at = len(self.log_text())
         with self.log.open("ab") as sink:  # the child keeps its own descriptor
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "service"], cwd=ROOT, env=self.env,
@@ -98,10 +115,13 @@ class Server:
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited at start: {self.log_text()}")
-            try:
-                if self.request("GET", "/healthz")[0] == 200:
-                    return self
+                output = self.log_text()[started_at:]
+                if port_taken(output):
+                    raise PortTaken(output)
+                raise RuntimeError(f"the service exited at start: {output}")
+            try:  # a short probe: a port someone else holds may accept and never answer
+                if self.request("GET", "/healthz", timeout=0.5)[0] == 200:
+                    return
             except OSError:
                 time.sleep(0.05)
         raise RuntimeError("the service did not answer /healthz in time")
@@ -112,7 +132,13 @@ class Server:
             self.proc.wait(5)
 
     def request(
-        self, method: str, path: str, body: Any = None, token: str | None = None
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        token: str | None = None,
+        *,
+        timeout: float = 5.0,
     ) -> tuple[int, Any]:
         data = None if body is None else json.dumps(body).encode()
         req = urllib.request.Request(self.url + path, data=data, method=method)
@@ -121,7 +147,7 @@ class Server:
         if token:
             req.add_header("Authorization", f"Bearer {token}")
         try:
-            with urllib.request.urlopen(req, timeout=5) as resp:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
                 raw = resp.read()
                 return resp.status, json.loads(raw) if raw else None
         except urllib.error.HTTPError as exc:

@@ -12,7 +12,6 @@ import functools
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -23,8 +22,12 @@ from typing import Any, Final
 import pytest
 import redis
 from redis import exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from service.store.redis import RedisStore
+
+from .ports import START_ATTEMPTS, PortTaken, free_port, port_taken
 
 REDIS_URL: Final = os.environ.get("FV_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 REDIS_SERVER: Final = shutil.which("redis-server")
@@ -91,25 +94,43 @@ def delete_namespace(url: str, prefix: str) -> None:
         client.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 class PrivateRedis:
-    """A redis-server of this test only: kill it, restart it on the same port."""
+    """A redis-server of this test only: kill it, restart it on the same port.
+
+    Its first start moves to another port if someone took this one first (tests/ports.py);
+    once it has run, a restart keeps the port (the test's clients know only that one)."""
 
     def __init__(self, directory: Path, *, persistent: bool) -> None:
         self.directory = directory
         self.persistent = persistent
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.ran = False
+        self.use_port(free_port())
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def use_port(self, port: int) -> None:
+        self.port = port
+        self.url = f"redis://127.0.0.1:{port}/0"
+
+    def log_text(self) -> str:
+        log = self.directory / "redis.log"
+        return log.read_text(errors="replace") if log.exists() else ""
+
+    def start(self, *, pinned: bool = False) -> None:
+        """Start; `pinned`: the URL was handed out already, so the port may not move."""
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                self._start_once()
+            except PortTaken:
+                if self.ran or pinned or attempt == START_ATTEMPTS:
+                    raise
+                self.use_port(free_port())
+            else:
+                self.ran = True
+                return
+
+    def _start_once(self) -> None:
         server = require_redis_server()
+        logged_before = len(self.log_text())
         args = [server, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
                 str(self.directory), "--save", "", "--daemonize", "no",
                 "--logfile", str(self.directory / "redis.log")]
@@ -119,18 +140,24 @@ class PrivateRedis:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + START_TIMEOUT
-        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5)
+        # No retries inside ping(): the loop retries, and looks at the process between tries.
+        client = redis.Redis(port=self.port, socket_timeout=0.5, socket_connect_timeout=0.5,
+                             retry=Retry(NoBackoff(), 0))
         try:
-            while True:
-                try:
-                    client.ping()
-                    return
-                except (rex.RedisError, OSError):
-                    if self.process.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError(f"redis-server did not start on {self.port}") from None
-                    time.sleep(0.02)
+            while self.process.poll() is None:
+                with contextlib.suppress(rex.RedisError, OSError):
+                    # the server that answers must be this one, not whoever else has the port
+                    if client.info("server")["process_id"] == self.process.pid:
+                        return
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start on {self.port}")
+                time.sleep(0.02)
         finally:
             client.close()
+        output = self.log_text()[logged_before:]
+        if port_taken(output):
+            raise PortTaken(output)
+        raise RuntimeError(f"redis-server exited at start: {output}")
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no save; clients see their connections reset."""

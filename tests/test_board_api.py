@@ -23,6 +23,7 @@ from service.store import MemoryStore, Store
 
 from .conftest import AiohttpClient, Client, bearer, create_feature
 from .redis_support import TestRedisStore, require_redis
+from .waiting import eventually
 
 JSON: Final = "application/json"
 PROBLEM: Final = "application/problem+json"
@@ -218,7 +219,7 @@ async def test_votes_racing_a_lock(client: Client, admin: Auth) -> None:
         await resp.read()
 
     first = [asyncio.create_task(cast(n)) for n in range(120)]
-    await asyncio.sleep(0.005)
+    await eventually(lambda: answers, what="a first vote answered")  # the lock lands mid-way
     await patch_board(client, admin, voting_open=False)
     locked_at = len(answers)
     late = [asyncio.create_task(cast(n)) for n in range(120, 160)]

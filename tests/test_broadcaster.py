@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import struct
 import time
 from typing import Any
@@ -84,9 +85,11 @@ async def test_no_raw_frame_after_our_close_frame(aiohttp_client: AiohttpClient)
 
 
 def expiring_admin_token(ttl: int, lead: float = 1.5) -> tuple[str, int]:
-    """An admin token (TEST_SECRET, lifetime `ttl`) minted `ttl - lead` s ago, so it expires in
-    about `lead` s (the lifetime rule sees a normal token)."""
-    minted_at = time.time() - (ttl - lead)
+    """An admin token (TEST_SECRET, lifetime `ttl`) minted in the past so that it expires in
+    `lead` to `lead` + 1 s (the lifetime rule sees a normal token). Claims are whole seconds:
+    exp is put on a whole second at least `lead` ahead, never truncated to less. Mint it right
+    before it is used: the lead is all the slack a busy host gets."""
+    minted_at = math.ceil(time.time() + lead) - ttl
     tokens = Tokens(
         Secret((TEST_SECRET,)), voter_ttl=3600, admin_ttl=ttl, cache_size=10,
         clock=lambda: minted_at,
@@ -123,11 +126,11 @@ async def test_admin_socket_goes_public_when_its_token_expires_at_the_next_push(
 ) -> None:
     ttl = 3
     client = await aiohttp_client(create_app(make_settings(admin_token_ttl=ttl)))
-    admin, public = await hidden_board(client)
-    token, exp = expiring_admin_token(ttl)
+    _, public = await hidden_board(client)
     async with client.ws_connect("/ws") as ws:
         first = await receive_json(ws)
         assert counts(first["stats"]) == counts(public)
+        token, exp = expiring_admin_token(ttl)
         await ws.send_json({"type": "auth", "token": token})
         assert await receive_json(ws) == {"type": "auth", "role": "admin"}
         admin_frame = await receive_json(ws)
@@ -142,10 +145,13 @@ async def test_admin_socket_goes_public_when_its_token_expires_at_the_next_push(
         now_public = await (await client.get("/features/stats")).json()
         assert counts(after["stats"]) == counts(now_public)
         assert all(f.get("up") is None for f in after["stats"]["top"])
-        await ws.send_json({"type": "auth", "token": admin["Authorization"][7:]})
+        # A fresh token (minted now: the board's own admin token has a 3 s life too) makes it
+        # an admin's again.
+        fresh = client.app[TOKENS].issue(Role.ADMIN, "admin")[0]
+        await ws.send_json({"type": "auth", "token": fresh})
         assert await receive_until(ws, lambda b: b["type"] == "auth") == {
             "type": "auth", "role": "admin"
-        }  # a fresh token makes it an admin's again
+        }
 
 
 async def test_admin_socket_goes_public_at_a_sweep_without_any_change(
@@ -155,9 +161,9 @@ async def test_admin_socket_goes_public_at_a_sweep_without_any_change(
     settings = make_settings(admin_token_ttl=ttl, ws_heartbeat=0.1, ws_idle_timeout=0.0)
     client = await aiohttp_client(create_app(settings))
     _, public = await hidden_board(client)
-    token, exp = expiring_admin_token(ttl)
     async with client.ws_connect("/ws") as ws:
         await receive_json(ws)
+        token, exp = expiring_admin_token(ttl)
         await ws.send_json({"type": "auth", "token": token})
         assert await receive_json(ws) == {"type": "auth", "role": "admin"}
         await receive_json(ws)

@@ -18,21 +18,19 @@ from collections.abc import Iterator
 
 import pytest
 
-from service import logs
 from service.logs import (
     SHOWS_TOKEN,
     BatchingStreamHandler,
     JsonFormatter,
     TextFormatter,
-    access_log,
     setup_logging,
     voter_hash,
-    write_access,
 )
 
-from .browser import ROOT, free_port
+from .browser import ROOT
 from .conftest import TEST_SECRET, Client, bearer
 from .log_capture import save_log
+from .ports import PortTaken, port_taken, start_on_free_port
 
 JWT = re.compile(r"eyJ[\w-]+\.[\w-]+\.[\w-]+")
 
@@ -140,20 +138,31 @@ def test_voter_hash_is_stable_and_not_the_id() -> None:
 
 def test_no_token_or_secret_in_a_served_process_log() -> None:
     """A real process in JSON mode: every line parses, none holds a token or the secret."""
-    port = free_port()
-    env = {**os.environ, "FV_SECRET": TEST_SECRET, "FV_HOST": "127.0.0.1", "PORT": str(port),
+    env = {**os.environ, "FV_SECRET": TEST_SECRET, "FV_HOST": "127.0.0.1",
            "FV_DRAIN_DELAY": "0", "FV_LOG_FORMAT": "json"}
-    proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    base = f"http://127.0.0.1:{port}"
-    try:
+
+    def start(port: int) -> tuple[int, subprocess.Popen[bytes]]:
+        env["PORT"] = str(port)
+        proc = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                err = proc.communicate()[1].decode(errors="replace")
+                if port_taken(err):
+                    raise PortTaken(err)  # someone else bound it first: another port
+                raise AssertionError(f"the service exited at start: {err}")
             try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).close()
-                break
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=1).close()
+                return port, proc
             except OSError:
                 time.sleep(0.05)
+        proc.kill()
+        raise AssertionError(f"the service did not answer /healthz: {proc.communicate()[1]!r}")
+
+    port, proc = start_on_free_port(start)
+    base = f"http://127.0.0.1:{port}"
+    try:
         req = urllib.request.Request(base + "/auth/token", method="POST")
         token = json.load(urllib.request.urlopen(req, timeout=2))["token"]
         for path in ("/me/votes", "/features?token=" + token):
@@ -185,62 +194,89 @@ def test_no_token_or_secret_in_a_served_process_log() -> None:
 
 
 @pytest.fixture
-def only_our_handler() -> Iterator[tuple[BatchingStreamHandler, CountingStream]]:
-    """Logging as `setup_logging` leaves it in a served process: one JSON handler on the root
-    (the test run's own handlers taken off for the duration)."""
+def served_logging() -> Iterator[io.StringIO]:
+    """Logging as `setup_logging` leaves it in a served process (one JSON handler on the root,
+    writing to the returned stream); the test run's own handlers are put back after."""
     root = logging.getLogger()
-    saved = root.handlers[:], root.level, access_log.level
-    stream = CountingStream()
+    saved = root.handlers[:], root.level
+    stream = io.StringIO()
     setup_logging("info", "json")
     (handler,) = root.handlers
     assert isinstance(handler, BatchingStreamHandler)
     handler.setStream(stream)
-    access_log.setLevel(logging.NOTSET)
     try:
-        assert logs._json_sink() is handler  # the direct path is open
-        yield handler, stream
+        yield stream
     finally:
-        root.handlers[:], root.level = saved[0], saved[1]
-        access_log.setLevel(saved[2])
-
-
-def test_the_direct_access_line_equals_the_record_line(
-    only_our_handler: tuple[BatchingStreamHandler, CountingStream],
-) -> None:
-    """write_access formats the line itself when our handler is the only one; the line is the
-    one a LogRecord through that handler gives (a filter on the logger forces that path)."""
-    handler, stream = only_our_handler
-    args = ("rid-1", "PUT", "/features/{id}/vote", 200, 0.00123, "127.0.0.1", "voter-a")
-    write_access(*args)
-    handler.flush()
-    access_log.addFilter(logging.Filter())  # another filter on the way: the record path
-    try:
-        write_access(*args)
         handler.flush()
-    finally:
-        access_log.filters.clear()
-    direct, recorded = (json.loads(line) for line in stream.getvalue().splitlines())
-    stamp = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00$")
-    assert stamp.match(direct.pop("ts")) and stamp.match(recorded.pop("ts"))
-    assert list(direct) == list(recorded) and direct == recorded
-    assert direct["voter"] == voter_hash("voter-a")
-    assert direct["msg"] == "PUT /features/{id}/vote 200"
+        root.handlers[:], root.level = saved
 
 
-def test_the_direct_access_line_masks_tokens_and_steps_aside_for_other_handlers(
-    only_our_handler: tuple[BatchingStreamHandler, CountingStream],
+async def test_the_access_line_is_a_record_every_handler_sees(
+    served_logging: io.StringIO, client: Client, voter: dict[str, str]
 ) -> None:
-    handler, stream = only_our_handler
-    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
-    write_access(token, "PUT", "/features/{id}/vote", 401, 0.001, "127.0.0.1", None)
-    handler.flush()
-    assert token not in stream.getvalue() and "<token>" in stream.getvalue()
-    extra = logging.handlers.BufferingHandler(10)
-    logging.getLogger("service").addHandler(extra)
+    """The access line goes through logging's own chain: another handler on `service.access`
+    gets the LogRecord with its fields, and the process's handler writes it as JSON."""
+    seen = logging.handlers.BufferingHandler(100)
+    logging.getLogger("service.access").addHandler(seen)
     try:
-        write_access("rid-2", "PUT", "/features/{id}/vote", 200, 0.001, "127.0.0.1", None)
+        resp = await client.get("/me/votes", headers={**voter, "X-Request-ID": "rid-rec"})
+        assert resp.status == 200
     finally:
-        logging.getLogger("service").removeHandler(extra)
-    assert [r.request_id for r in extra.buffer] == ["rid-2"]  # type: ignore[attr-defined]
-    handler.flush()
-    assert stream.getvalue().count("\n") == 2  # and our handler got it through the record too
+        logging.getLogger("service.access").removeHandler(seen)
+    (record,) = [r for r in seen.buffer if getattr(r, "request_id", None) == "rid-rec"]
+    assert (record.route, record.status, record.method) == ("/me/votes", 200, "GET")  # type: ignore[attr-defined]
+    await asyncio.sleep(0)  # the end of this loop turn: the handler writes its lines
+    (line,) = [json.loads(x) for x in served_logging.getvalue().splitlines() if "rid-rec" in x]
+    assert line["msg"] == "GET /me/votes 200" and line["logger"] == "service.access"
+    assert line["voter"] == record.voter  # type: ignore[attr-defined]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", line["ts"])
+
+
+class ParserError(Exception):
+    """Shaped like aiohttp's parser errors (the 4xx it answered as `code`)."""
+
+    code = 400
+
+
+def aiohttp_server_record(exc: BaseException, level: int = logging.ERROR) -> logging.LogRecord:
+    try:
+        raise exc
+    except BaseException:
+        exc_info = sys.exc_info()
+    return logging.getLogger("aiohttp.server").makeRecord(
+        "aiohttp.server", level, __file__, 1, "Error handling request from %s",
+        ("10.0.0.7",), exc_info,
+    )
+
+
+def test_a_refused_request_is_one_warning_without_what_the_client_sent() -> None:
+    from service.logs import MalformedRequestFilter
+
+    token = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl"
+    record = aiohttp_server_record(ParserError(f"bad header: Authorization: Bearer {token}"))
+    assert MalformedRequestFilter().filter(record)
+    line = json.loads(JsonFormatter().format(record))
+    assert line["level"] == "warning" and "exc" not in line
+    assert line["msg"] == "rejected a malformed request from 10.0.0.7: ParserError (400)"
+    quiet = aiohttp_server_record(ParserError("garbage"), logging.DEBUG)  # aiohttp's debug one
+    MalformedRequestFilter().filter(quiet)
+    assert quiet.levelno == logging.DEBUG and quiet.exc_info is None
+    # A real server error keeps its level and its traceback.
+    bug = aiohttp_server_record(RuntimeError("a bug"))
+    MalformedRequestFilter().filter(bug)
+    assert bug.levelno == logging.ERROR and bug.exc_info is not None
+    assert "Traceback" in JsonFormatter().format(bug)
+
+
+async def test_a_line_from_a_thread_without_a_loop_is_written_at_once() -> None:
+    """While the loop's flush is pending, another thread's line does not wait for it."""
+    handler, stream = BatchingStreamHandler(), CountingStream()
+    handler.setStream(stream)
+    handler.handle(logging.makeLogRecord({"msg": "from the loop"}))
+    assert stream.getvalue() == ""  # waits for the end of this turn
+    await asyncio.to_thread(handler.handle, logging.makeLogRecord({"msg": "from a thread"}))
+    assert stream.getvalue() == "from the loop\nfrom a thread\n"  # both, in order, at once
+    handler.handle(logging.makeLogRecord({"msg": "later"}))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert stream.getvalue().endswith("later\n")

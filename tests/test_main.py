@@ -32,18 +32,12 @@ from service.config import PROJECT_ROOT, Secret, Settings
 
 from .conftest import make_settings
 from .log_capture import log_path, save_log
+from .ports import PortTaken, free_port, port_taken, start_on_free_port
 
 SECRET = "cli-test-secret-cli-test-secret-0123456789"
 OTHER_SECRET = "another-secret-another-secret-9876543210"
 START_TIMEOUT = 15.0
 HTTP_TIMEOUT = 3.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -127,15 +121,13 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=10)
 
 
-@contextmanager
-def serving(
-    tmp_path: Path, env: dict[str, str], *args: str, port: int | None = None
-) -> Iterator[Server]:
-    """Run `python -m service [args]`, wait for /healthz, and always kill it afterwards.
+def start_serving(env: dict[str, str], args: tuple[str, ...], port: int, flag: bool) -> Server:
+    """`python -m service [args]` on `port` (PORT, or --port if `flag`), once it answers /healthz.
 
-    Its output goes to the session's log directory (tests/log_capture.py), not to tmp_path."""
-    port = port if port is not None else free_port()
+    PortTaken when another process bound the port between free_port() and the child's bind."""
     env = {"FV_HOST": "127.0.0.1", "PORT": str(port), **env}
+    if flag:
+        args = ("--port", str(port), *args)
     log = log_path(f"server-{port}", env)
     with log.open("wb") as sink:
         proc = subprocess.Popen(
@@ -150,18 +142,35 @@ def serving(
         deadline = time.monotonic() + START_TIMEOUT
         while True:
             if proc.poll() is not None:
+                if port_taken(server.log_text()):
+                    raise PortTaken(server.log_text())
                 pytest.fail(f"server exited with {proc.returncode}: {server.log_text()}")
             try:
                 if http("GET", server.url + "/healthz", timeout=0.5).status == 200:
-                    break
+                    return server
             except OSError:
                 pass
             if time.monotonic() > deadline:
                 pytest.fail(f"server did not answer /healthz in time: {server.log_text()}")
             time.sleep(0.05)
+    except BaseException:
+        stop(proc)
+        raise
+
+
+@contextmanager
+def serving(
+    tmp_path: Path, env: dict[str, str], *args: str, port_flag: bool = False
+) -> Iterator[Server]:
+    """Run `python -m service [args]` on a free port, wait for /healthz, always kill it after.
+
+    The port goes in PORT, or with `port_flag` in a leading --port flag. Its output goes to the
+    session's log directory (tests/log_capture.py), not to tmp_path."""
+    server = start_on_free_port(lambda port: start_serving(env, args, port, port_flag))
+    try:
         yield server
     finally:
-        stop(proc)
+        stop(server.proc)
 
 
 def wait_exit(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
@@ -246,7 +255,7 @@ def test_token_without_admin_flag_fails() -> None:
 def test_bad_setting_stops_the_start(
     env: dict[str, str], args: tuple[str, ...], setting: str
 ) -> None:
-    base = {"FV_SECRET": SECRET, "FV_HOST": "127.0.0.1", "PORT": str(free_port())}
+    base = {"FV_SECRET": SECRET, "FV_HOST": "127.0.0.1", "PORT": str(free_port())}  # never bound
     result = run_cli(*args, env=clean_env(**{**base, **env}))
     assert result.returncode != 0
     assert result.stdout == ""
@@ -275,18 +284,23 @@ def test_port_in_use_stops_the_start() -> None:
 
 def test_serve_answers_healthz_on_the_flag_port(tmp_path: Path) -> None:
     """PORT names one port, --port another: the flag wins."""
-    env_port, flag_port = free_port(), free_port()
-    env = {"FV_SECRET": SECRET, "PORT": str(env_port)}
-    args = ("--port", str(flag_port), "serve")
-    with serving(tmp_path, clean_env(**env), *args, port=flag_port) as srv:
-        resp = http("GET", srv.url + "/healthz")
-        assert resp.status == 200
-        assert resp.json() == {"status": "ok"}
-        assert http("GET", srv.url + "/readyz").status == 200
-        with pytest.raises(OSError):
-            http("GET", f"http://127.0.0.1:{env_port}/healthz", timeout=0.5)
-        assert SECRET not in srv.log_text()
-        assert "admin token" not in srv.log_text()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as reserved:
+        # PORT's port stays bound (not listening) by the test: no one else can listen there,
+        # so a connection to it is refused unless the service wrongly serves it (it cannot:
+        # it would fail to bind, and `serving` would report the exit).
+        reserved.bind(("127.0.0.1", 0))
+        env_port = reserved.getsockname()[1]
+        env = {"FV_SECRET": SECRET, "PORT": str(env_port)}
+        with serving(tmp_path, clean_env(**env), "serve", port_flag=True) as srv:
+            assert srv.url != f"http://127.0.0.1:{env_port}"
+            resp = http("GET", srv.url + "/healthz")
+            assert resp.status == 200
+            assert resp.json() == {"status": "ok"}
+            assert http("GET", srv.url + "/readyz").status == 200
+            with pytest.raises(OSError):
+                http("GET", f"http://127.0.0.1:{env_port}/healthz", timeout=0.5)
+            assert SECRET not in srv.log_text()
+            assert "admin token" not in srv.log_text()
 
 
 def start_upload(srv: Server, token: str, body: bytes, first: int) -> socket.socket:
@@ -552,9 +566,9 @@ async def idle_connection_lifetime(keepalive: float, wait_at_most: float) -> flo
     settings = make_settings(http_keepalive_timeout=keepalive)
     runner = make_runner(create_app(settings), settings)
     await runner.setup()
-    port = free_port()
     try:
-        await web.TCPSite(runner, "127.0.0.1", port).start()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()  # in-process: the kernel picks a port
+        port = runner.addresses[0][1]
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         try:
             writer.write(b"GET /healthz HTTP/1.1\r\nHost: t\r\nConnection: keep-alive\r\n\r\n")

@@ -1,7 +1,9 @@
-"""The lock-free counters of service/metrics.py render exactly as prometheus_client's own would."""
+"""service/metrics.py keeps the exposition's series: the same names, labels, help texts and
+buckets as the reference below, built with prometheus_client's classes as a user would."""
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 
@@ -15,9 +17,8 @@ from prometheus_client import (
     enable_created_metrics,
     generate_latest,
 )
-from prometheus_client import metrics as client_metrics
 
-from service.metrics import LATENCY_BUCKETS, Metrics, Spread
+from service.metrics import LATENCY_BUCKETS, Metrics
 
 HOT = (
     "fv_http_requests",
@@ -74,8 +75,8 @@ def reference(registry: CollectorRegistry, used: bool = True) -> None:
 @pytest.fixture(params=[True, False], ids=["with _created", "without _created"])
 def created_series(request: pytest.FixtureRequest) -> Iterator[bool]:
     """Both ways prometheus_client may be set (PROMETHEUS_DISABLE_CREATED_SERIES); the way it
-    was set is restored after."""
-    was = client_metrics._use_created
+    was set is restored after (as the environment set it: nothing else here changes it)."""
+    was = os.environ.get("PROMETHEUS_DISABLE_CREATED_SERIES", "").lower() not in ("true", "1", "t")
     (enable_created_metrics if request.param else disable_created_metrics)()
     try:
         yield request.param
@@ -107,11 +108,35 @@ def test_hot_metrics_render_as_prometheus_client_would(created_series: bool) -> 
     assert any("_created" in line for line in got) == created_series
 
 
-def test_a_spread_counts_each_amount_in_the_first_bucket_that_holds_it() -> None:
-    spread = Spread((1.0, 2.0))
-    for amount in (0.5, 1.0, 1.5, 2.0, 2.5):
-        spread.observe(amount)
-    assert spread.counts == [2, 2, 1] and spread.sum == 7.5
+def test_a_request_kind_gets_its_children_once() -> None:
+    """The first request of a (route, method, status) makes its children; later ones reuse
+    them (no `.labels()` call per request), and each kind counts only itself."""
+    metrics = Metrics()
+    first = metrics.http.series("/features/{id}/vote", "PUT", 200)
+    assert metrics.http.series("/features/{id}/vote", "PUT", 200) is first
+    other = metrics.http.series("/features/{id}/vote", "PUT", 429)
+    assert other.requests is not first.requests
+    assert other.latency is first.latency  # one latency histogram per route
+    metrics.observe("/features/{id}/vote", "PUT", 200, 0.002)
+    metrics.observe("/features/{id}/vote", "PUT", 200, 0.002)
+    value = metrics.registry.get_sample_value
+    labels = {"route": "/features/{id}/vote", "method": "PUT"}
+    assert value("fv_http_requests_total", {**labels, "status": "200"}) == 2
+    assert value("fv_http_requests_total", {**labels, "status": "429"}) == 0
+    bucket = {"route": "/features/{id}/vote", "le": "0.0025"}
+    assert value("fv_http_request_duration_seconds_bucket", bucket) == 2
+
+
+def test_feature_changes_have_premade_children() -> None:
+    metrics = Metrics()
+    metrics.features_created.inc()
+    metrics.features.labels("update").inc()  # the labelled family still works
+    metrics.features_updated.inc()
+    metrics.features_deleted.inc(3)
+    value = metrics.registry.get_sample_value
+    assert [value("fv_features_total", {"action": a}) for a in ("create", "update", "delete")] == [
+        1, 2, 3,
+    ]
 
 
 def test_fresh_metrics_render_as_prometheus_client_would(created_series: bool) -> None:

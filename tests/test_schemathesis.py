@@ -14,13 +14,17 @@ What schemathesis gets adjusted, and why (see tests/schemathesis_hooks.py):
   JSON Schema cannot say), and generated Idempotency-Keys are made unique (a reused key is a
   correct 422 or replay a stateless fuzzer cannot foresee). No check is disabled.
 
-The seed is random and printed in the output; FV_SCHEMATHESIS_SEED replays one.
+Every run is seeded: SEED by default, so a failure is reproducible by running this module again
+(the three passes share one server, in order, so replay the module, not one pass). The seed is in
+each failure's message; FV_SCHEMATHESIS_SEED=<n> runs another seed, FV_SCHEMATHESIS_SEED=random
+draws a fresh one (printed too) to explore beyond the default.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -54,6 +58,30 @@ RUN_TIMEOUT: Final = 200.0  # seconds for one pass; a pass takes about 20 here
 OUTPUT_TAIL: Final = 25_000
 # Not fuzzable over plain HTTP: see the module docstring.
 EXCLUDED_PATHS: Final = ("/ws",)
+SEED: Final = 14  # the default: the same cases every run; FV_SCHEMATHESIS_SEED changes it
+SEED_VARIABLE: Final = "FV_SCHEMATHESIS_SEED"
+
+
+def run_seed() -> int:
+    """The seed of this run: SEED, or the variable's integer, or a fresh one for "random"."""
+    raw = os.environ.get(SEED_VARIABLE, "").strip()
+    if not raw:
+        return SEED
+    if raw.lower() == "random":
+        return secrets.randbelow(2**32)
+    try:
+        return int(raw)
+    except ValueError:
+        message = f"{SEED_VARIABLE} must be an integer or 'random', not {raw!r}"
+        raise pytest.UsageError(message) from None
+
+
+@pytest.fixture(scope="module")
+def seed() -> int:
+    """One seed for the module's three passes (they share one server), shown in the output."""
+    value = run_seed()
+    print(f"schemathesis seed {value} (replay: {SEED_VARIABLE}={value})")
+    return value
 
 
 class LoggedServer:
@@ -111,7 +139,7 @@ def admin_token() -> str:
     return tokens.issue(Role.ADMIN, "schemathesis-admin")[0]
 
 
-def st_command(url: str, token: str | None) -> list[str]:
+def st_command(url: str, token: str | None, seed: int) -> list[str]:
     command = [
         str(ST),
         "run",
@@ -122,20 +150,20 @@ def st_command(url: str, token: str | None) -> list[str]:
         "--generation-database", "none",  # nothing written between runs, nor into the repo
         "--request-timeout", "10",
         "--no-color",
+        "--seed", str(seed),
     ]
     for path in EXCLUDED_PATHS:
         command += ["--exclude-path", path]
     if token is not None:
         command += ["--header", f"Authorization: Bearer {token}"]
-    seed = os.environ.get("FV_SCHEMATHESIS_SEED")
-    if seed:
-        command += ["--seed", seed]
     return command
 
 
 # Admin last: it patches and deletes features the other passes would rather find.
 @pytest.mark.parametrize("who", ["voter", "anonymous", "admin"])
-def test_schemathesis_finds_nothing(service: LoggedServer, who: str, tmp_path: Path) -> None:
+def test_schemathesis_finds_nothing(
+    service: LoggedServer, seed: int, who: str, tmp_path: Path
+) -> None:
     server = service.server
     token = {"voter": server.token, "anonymous": lambda: None, "admin": admin_token}[who]()
     env = {
@@ -143,10 +171,11 @@ def test_schemathesis_finds_nothing(service: LoggedServer, who: str, tmp_path: P
         "PYTHONPATH": str(ROOT),
         "SCHEMATHESIS_HOOKS": "tests.schemathesis_hooks",
         "HYPOTHESIS_STORAGE_DIRECTORY": str(tmp_path / ".hypothesis"),
+        "FV_SCHEMATHESIS_PASS": who,  # the hooks' Idempotency-Key suffix: per pass, not random
     }
     started = time.monotonic()
     result = subprocess.run(
-        st_command(server.url, token),
+        st_command(server.url, token, seed),
         cwd=tmp_path,  # st keeps its crash files (for `st replay`) in the working directory
         env=env,
         capture_output=True,
@@ -156,16 +185,17 @@ def test_schemathesis_finds_nothing(service: LoggedServer, who: str, tmp_path: P
     )
     elapsed = time.monotonic() - started
     output = (result.stdout + result.stderr)[-OUTPUT_TAIL:]
-    print(f"schemathesis ({who}) took {elapsed:.1f} s\n{output}")
+    replay = f"replay: {SEED_VARIABLE}={seed} pytest {Path(__file__).relative_to(ROOT)}"
+    print(f"schemathesis ({who}, seed {seed}) took {elapsed:.1f} s\n{output}")
     assert result.returncode == 0, (
-        f"schemathesis ({who}) exited {result.returncode} after {elapsed:.1f} s:\n{output}\n"
-        f"--- service log (tail) ---\n{service.log_tail()}"
+        f"schemathesis ({who}, seed {seed}) exited {result.returncode} after {elapsed:.1f} s "
+        f"({replay}):\n{output}\n--- service log (tail) ---\n{service.log_tail()}"
     )
     assert re.search(r"\d+ generated, \d+ passed", output), output
     assert service.alive(), service.log_tail()
     # problem_middleware logs every 5xx it makes. (aiohttp's own "Error handling request"
     # tracebacks for unparseable requests, such as st's NUL-in-header probe, come with a 400.)
-    assert "unhandled error" not in service.log_text(), service.log_tail(200)
+    assert "unhandled error" not in service.log_text(), f"seed {seed}\n{service.log_tail(200)}"
 
 
 # --- the text patterns in the document say what _check_text accepts ------------------------------
@@ -192,14 +222,16 @@ def accepted(value: str, low: int, high: int) -> bool:
     return True
 
 
-@settings(max_examples=1500, database=None, deadline=None)
+# print_blob: a failure prints the @reproduce_failure(...) line that replays it exactly.
+@settings(max_examples=1500, database=None, deadline=None, print_blob=True)
 @given(texts)
 def test_title_pattern_is_the_title_rule(value: str) -> None:
     matches = re.search(TITLE_PATTERN, value) is not None and len(value) <= 4 * TITLE_MAX
     assert matches == accepted(value, 1, TITLE_MAX), repr(value)
 
 
-@settings(max_examples=1500, database=None, deadline=None)
+# print_blob: a failure prints the @reproduce_failure(...) line that replays it exactly.
+@settings(max_examples=1500, database=None, deadline=None, print_blob=True)
 @given(texts)
 def test_description_pattern_is_the_description_rule(value: str) -> None:
     matches = re.search(DESCRIPTION_PATTERN, value) is not None and len(value) <= DESCRIPTION_MAX

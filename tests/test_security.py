@@ -61,3 +61,32 @@ async def test_cors_for_allowed_origins_only(aiohttp_client: AiohttpClient) -> N
     denied = await client.options("/features", headers={
         "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
     assert "Access-Control-Allow-Origin" not in denied.headers
+
+
+async def test_vary_origin_on_every_answer_to_a_request_with_an_origin(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    """With CORS configured, an answer that depends on Origin says so to caches: allowed or
+    not, preflight or not, success or problem."""
+    app = create_app(make_settings(cors_origins=("https://app.example.org",)))
+    client = await aiohttp_client(app)
+    preflight = {"Access-Control-Request-Method": "PUT"}
+    for origin in ("https://app.example.org", "https://evil.example"):
+        for method, path, extra, status in [
+            ("GET", "/features/stats", {}, 200),
+            ("GET", "/features/99", {}, 404),  # a problem answer
+            ("PUT", "/features/1/vote", {}, 401),
+            ("OPTIONS", "/features/1/vote", preflight, 204),
+            ("GET", "/static/css/app.css", {}, 200),
+        ]:
+            resp = await client.request(method, path, headers={"Origin": origin, **extra})
+            assert resp.status == status, (origin, method, path)
+            vary = [v.strip() for h in resp.headers.getall("Vary", []) for v in h.split(",")]
+            assert vary.count("Origin") == 1, (origin, method, path, vary)
+            allowed = origin == "https://app.example.org"
+            assert ("Access-Control-Allow-Origin" in resp.headers) == allowed, (origin, path)
+    plain = await client.get("/features/stats")  # no Origin: nothing varies on it
+    assert "Origin" not in plain.headers.get("Vary", "")
+    listing = await client.get("/features", headers={"Origin": "https://evil.example"})
+    vary = [v.strip() for h in listing.headers.getall("Vary", []) for v in h.split(",")]
+    assert sorted(vary) == ["Authorization", "Origin"]  # the handler's own Vary is kept

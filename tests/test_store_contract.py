@@ -693,8 +693,10 @@ async def test_listener_gets_every_seq_in_order(store: Store) -> None:
     assert expected == sorted(set(expected))
 
     unsubscribe()
+    control = Recorder()  # still subscribed: once it has the change, every listener had its turn
+    store.subscribe(control)
     await new(store, "after unsubscribe")
-    await asyncio.sleep(0.05)
+    await control.wait_for(1)
     assert received.seqs == expected
 
 
@@ -708,8 +710,7 @@ async def test_each_listener_is_called_independently(store: Store) -> None:
     stop_first()
     await new(store, "two")
     s2 = await seq(store)
-    assert await second.wait_for(2) == [s1, s2]
-    await asyncio.sleep(0.05)
+    assert await second.wait_for(2) == [s1, s2]  # one dispatch calls every listener of s2
     assert first.seqs == [s1]
 
 

@@ -23,10 +23,25 @@ export class LiveStats {
   }
 
   start() {
-    window.addEventListener("online", () => this.reconnectNow());
-    window.addEventListener("offline", () => this.setState("offline"));
-    setInterval(() => this.keepAlive(), PING_EVERY_MS);
+    this.stopped = false;
+    this.online = () => this.reconnectNow();
+    this.offline = () => this.setState("offline");
+    window.addEventListener("online", this.online);
+    window.addEventListener("offline", this.offline);
+    this.pinger = setInterval(() => this.keepAlive(), PING_EVERY_MS);
     this.connect();
+  }
+
+  /** Close the socket for good: no reconnect, no timers, no more callbacks. */
+  stop() {
+    this.stopped = true;
+    window.removeEventListener("online", this.online);
+    window.removeEventListener("offline", this.offline);
+    clearInterval(this.pinger);
+    clearTimeout(this.timer);
+    const ws = this.ws;
+    this.ws = null;
+    if (ws) ws.close();
   }
 
   url() {
@@ -36,6 +51,7 @@ export class LiveStats {
 
   connect() {
     clearTimeout(this.timer);
+    if (this.stopped) return;
     this.setState(this.attempt === 0 ? "connecting" : "reconnecting");
     const ws = new WebSocket(this.url());
     this.ws = ws;
@@ -46,7 +62,7 @@ export class LiveStats {
       this.setState("live");
       this.onOpen(this);
     });
-    ws.addEventListener("message", (event) => this.receive(event.data));
+    ws.addEventListener("message", (event) => { if (this.ws === ws) this.receive(event.data); });
     ws.addEventListener("close", () => {
       if (this.ws === ws) this.scheduleReconnect();
     });
@@ -78,15 +94,6 @@ export class LiveStats {
     return true;
   }
 
-  /** Drop the socket and connect again at once (e.g. so it stops getting an admin's frames). */
-  reconnectFresh() {
-    const ws = this.ws;
-    this.ws = null;
-    if (ws) ws.close();
-    this.attempt = 0;
-    this.connect();
-  }
-
   scheduleReconnect() {
     this.ws = null;
     if (!navigator.onLine) { this.setState("offline"); return; }
@@ -98,7 +105,7 @@ export class LiveStats {
   }
 
   reconnectNow() {
-    if (this.ws && this.ws.readyState <= WebSocket.OPEN) return;
+    if (this.stopped || (this.ws && this.ws.readyState <= WebSocket.OPEN)) return;
     this.attempt = 0;
     this.connect();
   }

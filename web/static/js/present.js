@@ -1,5 +1,11 @@
 // The shared screen: the top features re-ranking live, totals, the join QR code, and — with an
 // admin token entered once — the presenter's controls: lock, hide/reveal, next round, export.
+//
+// What the screen shows comes from a public socket, whoever sits at it: with hidden results that
+// is the list a public reader gets (the first features by id, no numbers), so neither the order,
+// the rows chosen, their bars nor the live region can give the ranking away. The admin token
+// drives the controls over REST; only "Show hidden numbers on this screen" opens a second socket
+// that sends it, and the screen shows that socket's frames while the box stays ticked.
 import { describeMoves, renderBoard, renderBoardState, renderTotals } from "./board.js";
 import { LiveStats, showConnection } from "./live.js";
 
@@ -11,32 +17,72 @@ const announce = document.getElementById("announce");
 const conn = document.getElementById("conn");
 const $ = (id) => document.getElementById(id);
 let adminToken = localStorage.getItem(TOKEN_KEY);
-let current = null; // the last stats
+let publicStats = null; // the last public frame: what the room may see
+let adminStats = null; // the last admin frame, only while the presenter peeks
+let adminFeed = null; // the admin socket, open only while "peek" is ticked
+let current = null; // the stats on screen
 let pastRound = null; // the round whose past rounds are listed
 
-/** While results are hidden the projector shows what the room may see, unless "peek" is on. */
-function visible(features, hidden) {
-  if (!hidden || $("peek").checked) return features;
-  return [...features]
-    .sort((a, b) => a.id - b.id)
-    .map((f) => ({ ...f, up: null, down: null, score: null }));
-}
-
 function render() {
+  current = $("peek").checked && adminStats ? adminStats : publicStats;
   if (!current) return;
   const { board: state } = current;
   renderTotals(document, current);
   renderBoardState(state);
-  const features = visible(current.top, state.results_hidden).slice(0, ROWS);
+  const features = current.top.slice(0, ROWS);
   $("empty").hidden = features.length > 0;
   const sentence = describeMoves(renderBoard(board, template, features), features);
   if (sentence) announce.textContent = sentence;
+  // A list without numbers keeps no sentence about ranks (e.g. one left from a peek).
+  else if (features.some((f) => f.score === null)) announce.textContent = "";
   renderControls(state);
 }
 
 function onStats(stats) {
-  current = stats;
+  publicStats = stats;
   render();
+}
+
+// --- the admin feed: the real numbers, on this screen only, while the presenter asks -------
+
+function authRefused(msg) {
+  const detail = String(msg.detail || "");
+  return msg.type === "error" && detail.startsWith("auth") && !detail.includes("unavailable");
+}
+
+function openAdminFeed() {
+  if (adminFeed || !adminToken) return;
+  let admin = false; // frames count once the server has acked the token on this socket
+  const feed = new LiveStats({
+    onStats: (stats) => {
+      if (!admin || adminFeed !== feed) return;
+      adminStats = stats;
+      render();
+    },
+    onState: () => {},
+    // The token goes in the first message, never in the URL (where logs would keep it).
+    onOpen: (socket) => {
+      admin = false;
+      adminStats = null; // until this socket's admin frame: the public view
+      socket.send({ type: "auth", token: adminToken });
+    },
+    onMessage: (msg) => {
+      if (msg.type === "auth") {
+        admin = msg.role === "admin";
+        if (!admin) signOut("The admin token expired; enter a fresh one.");
+      } else if (authRefused(msg)) {
+        signOut("The admin token was refused; enter it again.");
+      }
+    },
+  });
+  adminFeed = feed;
+  feed.start();
+}
+
+function closeAdminFeed() {
+  if (adminFeed) adminFeed.stop();
+  adminFeed = null;
+  adminStats = null;
 }
 
 // --- presenter controls ---------------------------------------------------------------------
@@ -91,8 +137,19 @@ function signOut(message = "") {
   $("admin-error").textContent = message;
   $("admin-status").textContent = "";
   pastRound = null;
-  live.reconnectFresh(); // drop the admin socket: this screen gets the public frames again
+  $("peek").checked = false;
+  closeAdminFeed(); // the screen is back on the public frames at once
+  render();
   renderControls(current ? current.board : {});
+}
+
+/** An empty PATCH changes nothing: 200 proves an admin token, 401/403 refuse it. */
+function checkToken(token) {
+  return fetch("/board", {
+    method: "PATCH",
+    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
+    body: "{}",
+  }).catch(() => null);
 }
 
 $("admin-form").addEventListener("submit", async (event) => {
@@ -100,12 +157,7 @@ $("admin-form").addEventListener("submit", async (event) => {
   const token = $("admin-token").value.trim();
   $("admin-error").textContent = "";
   if (!token) { $("admin-error").textContent = "Paste the token from `python -m service token --admin`."; return; }
-  // An empty PATCH changes nothing: 200 proves an admin token, 401/403 refuse it.
-  const res = await fetch("/board", {
-    method: "PATCH",
-    headers: { Authorization: `Bearer ${token}`, "Content-Type": "application/json" },
-    body: "{}",
-  }).catch(() => null);
+  const res = await checkToken(token);
   if (!res || !res.ok) {
     $("admin-error").textContent = res && res.status === 403
       ? "That is a voter token; the controls need an admin token."
@@ -115,8 +167,6 @@ $("admin-form").addEventListener("submit", async (event) => {
   adminToken = token;
   localStorage.setItem(TOKEN_KEY, token);
   $("admin-token").value = "";
-  live.send({ type: "auth", token });
-  render();
   renderControls(await res.json());
 });
 
@@ -128,7 +178,10 @@ $("toggle-hide").addEventListener("click", () => {
   if (current) act(current.board.results_hidden ? "Reveal" : "Hide", "PATCH", "/board",
     { results_hidden: !current.board.results_hidden });
 });
-$("peek").addEventListener("change", render);
+$("peek").addEventListener("change", () => {
+  if ($("peek").checked) openAdminFeed(); else closeAdminFeed();
+  render();
+});
 
 $("next-round").addEventListener("click", () => {
   if (!current) return;
@@ -184,17 +237,15 @@ async function loadPastRounds(round) {
   }));
 }
 
-const live = new LiveStats({
-  onStats,
-  onState: (state) => showConnection(conn, state),
-  // The token goes in the first message, never in the URL (where logs would keep it).
-  onOpen: (socket) => { if (adminToken) socket.send({ type: "auth", token: adminToken }); },
-  onMessage: (msg) => {
-    const detail = String(msg.detail || "");
-    if (msg.type === "error" && detail.startsWith("auth") && !detail.includes("unavailable")) {
-      signOut("The admin token was refused; enter it again.");
-    }
-  },
-});
+// The public feed: what this screen shows unless the presenter peeks. It never sends a token.
+const live = new LiveStats({ onStats, onState: (state) => showConnection(conn, state) });
+$("peek").checked = false; // a reload starts on the public view, whatever the browser restores
 live.start();
 renderControls({});
+if (adminToken) { // a stored token: find out now whether it still works
+  checkToken(adminToken).then((res) => {
+    if (res && (res.status === 401 || res.status === 403)) {
+      signOut("The stored admin token was refused; enter it again.");
+    }
+  });
+}
