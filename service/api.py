@@ -294,7 +294,7 @@ async def retract_vote(request: web.Request) -> web.Response:
 @routes.get("/me/votes")
 async def my_votes(request: web.Request) -> web.Response:
     votes = await core_of(request).my_votes(await claims_of(request))
-    return json_response(MyVotes(votes={str(k): v for k, v in votes.items()}))  # type: ignore[misc]
+    return json_response(MyVotes(votes={str(k): v for k, v in votes.items()}))
 
 
 @routes.post("/auth/token")

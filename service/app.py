@@ -19,7 +19,14 @@ from .core import Core
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openapi import document_bytes
-from .ratelimit import RateLimits, rate_limits_from_settings
+from .ratelimit import (
+    Limiter,
+    MemoryLimiter,
+    RateLimits,
+    RedisLimiter,
+    Rule,
+    trusted_networks,
+)
 from .security import answer_headers, cors_preflight_middleware
 from .store import Store
 from .store.factory import store_from_settings
@@ -30,6 +37,32 @@ WEB_ROOT: Final = PROJECT_ROOT / "web"
 def make_store(settings: Settings) -> Store:
     """The store named by the `store` setting (see service/store/factory.py)."""
     return store_from_settings(settings)
+
+
+def rate_limits_from_settings(settings: Settings) -> RateLimits:
+    """Memory counters for the memory store; shared Redis counters for a Redis store."""
+    limiter: Limiter
+    if settings.store == "memory":
+        limiter = MemoryLimiter()
+    else:
+        limiter = RedisLimiter(
+            settings.store,
+            prefix=settings.redis_prefix,
+            socket_timeout=settings.redis_socket_timeout,
+            connect_timeout=settings.redis_connect_timeout,
+            max_connections=settings.redis_max_connections,
+        )
+    return RateLimits(
+        limiter=limiter,
+        token=Rule("token", settings.token_rate, settings.token_burst),
+        vote=Rule("vote", settings.vote_rate, settings.vote_burst),
+        create=Rule("create", settings.create_rate, settings.create_burst),
+        ws_connect=Rule("ws_connect", settings.ws_connect_rate, settings.ws_connect_burst),
+        auth_failure=Rule(
+            "auth_failure", settings.auth_failure_rate, settings.auth_failure_burst
+        ),
+        trusted=trusted_networks(settings.trusted_proxies),
+    )
 
 
 def create_app(

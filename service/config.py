@@ -17,6 +17,9 @@ PROJECT_ROOT: Final = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_FILE: Final = PROJECT_ROOT / "config" / "default.toml"
 # Environment names fixed by the public contract; every other setting is FV_<NAME>.
 CONTRACT_ENV: Final = {"PORT": "port"}
+# Names process managers set (gunicorn, Heroku-style platforms): read like the contract's, and
+# FV_<NAME> still wins; a blank value counts as unset.
+CONVENTION_ENV: Final = {"WEB_CONCURRENCY": "workers"}
 # HS256 keys shorter than the hash output weaken the MAC (RFC 7518 3.2).
 MIN_SECRET_LENGTH: Final = 32
 # msgspec checks a pattern with re.search, where "$" also matches before a trailing newline
@@ -79,6 +82,9 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     port: Port = 8080
     secret: Secret = msgspec.field(default_factory=Secret.random)
     store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = "memory"
+    # Processes serving this board side by side (WEB_CONCURRENCY): more than one needs a shared
+    # store, so the memory store refuses it (store/factory.py).
+    workers: PositiveInt = 1
     allowed_origins: tuple[str, ...] = ()
     top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     max_features: PositiveInt = 1000
@@ -177,6 +183,9 @@ def _env_values(env: Mapping[str, str]) -> dict[str, tuple[str, str]]:
     found: dict[str, tuple[str, str]] = {}
     for var, name in CONTRACT_ENV.items():
         if var in env:
+            found[name] = (env[var], var)
+    for var, name in CONVENTION_ENV.items():
+        if env.get(var, "").strip():
             found[name] = (env[var], var)
     for name in FIELDS:
         var = f"FV_{name.upper()}"

@@ -28,6 +28,7 @@ from .ratelimit import RateLimited, RateLimits
 from .schemas import (
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -37,6 +38,7 @@ from .schemas import (
     Status,
     TokenOut,
     VoteOut,
+    VoteValue,
     encoder,
 )
 from .store import Audience, Created, CursorKey, NotFound, Page, StatsView, Store
@@ -211,7 +213,7 @@ class Core:
         await self.limits.check(self.limits.vote, claims.sub)
         return VoteTicket(claims)
 
-    async def vote(self, ticket: VoteTicket, feature_id: int, value: int) -> VoteOut:
+    async def vote(self, ticket: VoteTicket, feature_id: int, value: CastVote) -> VoteOut:
         result = await self._set_vote(ticket, feature_id, value)
         self.metrics.votes_set.inc()
         return result
@@ -222,13 +224,15 @@ class Core:
         self.metrics.votes_retracted.inc()
         return result
 
-    async def _set_vote(self, ticket: VoteTicket, feature_id: int, value: int) -> VoteOut:
+    async def _set_vote(
+        self, ticket: VoteTicket, feature_id: int, value: VoteValue
+    ) -> VoteOut:
         claims = ticket.claims
         return await self.store.set_vote(
             claims.sub, feature_id, value, audience=audience_for(claims)
         )
 
-    async def my_votes(self, claims: Claims) -> dict[int, int]:
+    async def my_votes(self, claims: Claims) -> dict[int, CastVote]:
         return await self.store.votes_of(claims.sub)
 
     # --- features -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import msgspec
 from aiohttp import web
 
 from .auth import Forbidden, TokenInvalid, TokenMissing
-from .ratelimit import RateLimited
+from .ratelimit import LimiterUnavailable, RateLimited
 from .schemas import Problem, ProblemItem, encoder
 from .store import (
     FeatureClosed,
@@ -43,6 +43,7 @@ DOMAIN_ERRORS: Final[Mapping[type[Exception], tuple[int, Mapping[str, str]]]] = 
     TooManyFeatures: (409, {}),
     IdempotencyConflict: (422, {}),
     StoreUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),
+    LimiterUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),
     TokenMissing: (401, {"WWW-Authenticate": "Bearer"}),
     TokenInvalid: (401, {"WWW-Authenticate": 'Bearer error="invalid_token"'}),
     Forbidden: (403, {}),

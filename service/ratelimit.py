@@ -1,4 +1,7 @@
-"""Rate limits by GCRA: in memory for one process, or one atomic Redis script shared by all."""
+"""Rate limits by GCRA: in memory for one process, or one atomic Redis script shared by all.
+
+This module knows no settings and no store: app.py builds the limits from the settings, and a
+Redis that cannot be reached is this module's own LimiterUnavailable (503 in errors.py)."""
 
 from __future__ import annotations
 
@@ -10,9 +13,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
-
-from .config import Settings
-from .store import StoreUnavailable
 
 SECONDS_PER_MINUTE: Final = 60.0
 MEMORY_MAX_KEYS: Final = 200_000
@@ -34,6 +34,10 @@ if not count then return 0 end
 redis.call('SET', KEYS[1], next_tat, 'PX', math.ceil(next_tat - now))
 return 0
 """
+
+
+class LimiterUnavailable(Exception):
+    """The shared counters cannot be reached; the caller may retry later (503)."""
 
 
 class RateLimited(Exception):
@@ -144,7 +148,7 @@ class RedisLimiter(Limiter):
                 args=[rule.emission * 1000, rule.burst, int(count)],
             )
         except (RedisError, OSError, TimeoutError) as exc:
-            raise StoreUnavailable(f"rate limits unavailable: {type(exc).__name__}") from None
+            raise LimiterUnavailable(f"rate limits unavailable: {type(exc).__name__}") from None
         return float(ms) / 1000
 
     async def close(self) -> None:
@@ -206,29 +210,3 @@ class RateLimits:
     async def blocked(self, rule: Rule, key: str) -> float:
         """Seconds `key` must wait before `rule` allows it again, without counting (0.0: now)."""
         return await self.limiter.blocked(rule, key)
-
-
-def rate_limits_from_settings(settings: Settings) -> RateLimits:
-    """Memory counters for the memory store; shared Redis counters for a Redis store."""
-    limiter: Limiter
-    if settings.store == "memory":
-        limiter = MemoryLimiter()
-    else:
-        limiter = RedisLimiter(
-            settings.store,
-            prefix=settings.redis_prefix,
-            socket_timeout=settings.redis_socket_timeout,
-            connect_timeout=settings.redis_connect_timeout,
-            max_connections=settings.redis_max_connections,
-        )
-    return RateLimits(
-        limiter=limiter,
-        token=Rule("token", settings.token_rate, settings.token_burst),
-        vote=Rule("vote", settings.vote_rate, settings.vote_burst),
-        create=Rule("create", settings.create_rate, settings.create_burst),
-        ws_connect=Rule("ws_connect", settings.ws_connect_rate, settings.ws_connect_burst),
-        auth_failure=Rule(
-            "auth_failure", settings.auth_failure_rate, settings.auth_failure_burst
-        ),
-        trusted=trusted_networks(settings.trusted_proxies),
-    )

@@ -110,10 +110,15 @@ class FeaturePatch(msgspec.Struct, forbid_unknown_fields=True):
             self.description = _check_text(self.description, "description", 0, DESCRIPTION_MAX)
 
 
+# A voter's vote on a feature: +1 or -1 while it stands, 0 for none (retracted, or never cast).
+VoteValue = Literal[-1, 0, 1]
+CastVote = Literal[-1, 1]
+
+
 class VoteIn(msgspec.Struct, forbid_unknown_fields=True):
     """Body of PUT/POST /features/{id}/vote."""
 
-    value: Literal[1, -1]
+    value: CastVote
 
 
 class BoardPatch(msgspec.Struct, forbid_unknown_fields=True):
@@ -153,14 +158,14 @@ class FeatureList(msgspec.Struct, frozen=True):
 
 class VoteOut(msgspec.Struct, frozen=True):
     feature_id: int
-    value: Literal[1, 0, -1]
+    value: VoteValue
     up: Count
     down: Count
     score: Count
 
 
 class MyVotes(msgspec.Struct, frozen=True):
-    votes: dict[str, Literal[1, -1]]
+    votes: dict[str, CastVote]
 
 
 class Board(msgspec.Struct, frozen=True):

@@ -27,7 +27,7 @@ from .auth import Role, TokenInvalid
 from .broadcaster import Broadcaster, Client
 from .core import Core
 from .errors import ApiError
-from .ratelimit import RateLimited
+from .ratelimit import LimiterUnavailable, RateLimited
 from .schemas import Auth, Pong, WsError, client_message_decoder, encoder
 from .store import StoreUnavailable
 
@@ -88,7 +88,7 @@ async def authenticate(
         ), True
     except TokenInvalid as exc:
         return _error(f"auth: {exc}"), True
-    except StoreUnavailable:
+    except (StoreUnavailable, LimiterUnavailable):
         return _error("auth: the store is unavailable; try again"), False
     return None, False
 

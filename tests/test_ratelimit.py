@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 
-from service.app import create_app
+from service.app import create_app, rate_limits_from_settings
 from service.ratelimit import (
     MemoryLimiter,
     RateLimited,
     RedisLimiter,
     Rule,
     client_address,
-    rate_limits_from_settings,
     trusted_networks,
 )
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from service.config import ConfigError
+from service.config import ConfigError, Settings, load_settings
 from service.schemas import Sort, Status
 from service.store import MemoryStore, sort_key
 from service.store.factory import store_from_settings
@@ -24,36 +24,57 @@ from .test_main import SECRET, clean_env, http, run_cli, serving
 # --- the factory --------------------------------------------------------------------------------
 
 
+def from_env(env: dict[str, str]) -> Settings:
+    """The settings a process started with this environment gets (no config file)."""
+    return load_settings(env={"FV_SECRET": SECRET, **env}, use_default_file=False)
+
+
 @pytest.mark.parametrize("env", [{}, {"WEB_CONCURRENCY": "1"}, {"WEB_CONCURRENCY": " "}])
 def test_memory_store_with_one_worker(env: dict[str, str]) -> None:
-    assert isinstance(store_from_settings(make_settings(), env), MemoryStore)
+    settings = from_env(env)
+    assert settings.workers == 1
+    assert isinstance(store_from_settings(settings), MemoryStore)
 
 
-@pytest.mark.parametrize("workers", ["2", "8"])
-def test_memory_store_refuses_several_workers(workers: str) -> None:
+@pytest.mark.parametrize(
+    ("env", "workers"),
+    [
+        ({"WEB_CONCURRENCY": "2"}, 2),
+        ({"WEB_CONCURRENCY": "8"}, 8),
+        ({"FV_WORKERS": "3"}, 3),
+        ({"WEB_CONCURRENCY": "1", "FV_WORKERS": "4"}, 4),  # FV_ wins, as for PORT
+    ],
+)
+def test_memory_store_refuses_several_workers(env: dict[str, str], workers: int) -> None:
+    settings = from_env(env)
+    assert settings.workers == workers  # config reads the environment, not the store factory
     with pytest.raises(ConfigError) as info:
-        store_from_settings(make_settings(), {"WEB_CONCURRENCY": workers})
+        store_from_settings(settings)
     message = str(info.value)
     assert info.value.setting == "store"
     assert "\n" not in message
     assert f"WEB_CONCURRENCY={workers}" in message and "redis://" in message
 
 
-def test_unreadable_worker_count_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="WEB_CONCURRENCY"):
-        store_from_settings(make_settings(), {"WEB_CONCURRENCY": "many"})
+@pytest.mark.parametrize("raw", ["many", "0", "-2"])
+def test_unreadable_worker_count_is_a_config_error(raw: str) -> None:
+    with pytest.raises(ConfigError, match="WEB_CONCURRENCY") as info:
+        from_env({"WEB_CONCURRENCY": raw})
+    assert info.value.setting == "workers"
 
 
 async def test_redis_url_selects_the_redis_store_without_connecting() -> None:
-    settings = make_settings(store="redis://127.0.0.1:1/3", redis_prefix="board-7:", top_n=4)
-    store = store_from_settings(settings, {"WEB_CONCURRENCY": "4"})
+    settings = make_settings(
+        store="redis://127.0.0.1:1/3", redis_prefix="board-7:", top_n=4, workers=4
+    )
+    store = store_from_settings(settings)
     assert isinstance(store, RedisStore)
     await store.close()
 
 
 def test_bad_redis_url_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="store"):
-        store_from_settings(make_settings(store="redis://127.0.0.1:port/0"), {})
+        store_from_settings(make_settings(store="redis://127.0.0.1:port/0"))
 
 
 def test_cli_refuses_memory_store_with_several_workers() -> None:

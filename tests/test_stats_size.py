@@ -15,7 +15,7 @@ from service.auth import Role
 from service.keys import TOKENS
 from service.schemas import DESCRIPTION_MAX, EXCERPT_MARK, EXCERPT_MAX
 from service.store import MemoryStore, Store
-from service.store.base import excerpt
+from service.store.visibility import excerpt
 
 from .conftest import AiohttpClient, Client, bearer, make_settings
 from .redis_support import TestRedisStore, require_redis

@@ -17,9 +17,9 @@ from typing import Final
 
 import pytest
 
-from service.app import create_app
+from service.app import create_app, rate_limits_from_settings
 from service.config import Settings
-from service.ratelimit import MemoryLimiter, RateLimited, Rule, rate_limits_from_settings
+from service.ratelimit import MemoryLimiter, RateLimited, Rule
 
 from .browser import ROOT
 from .conftest import AiohttpClient, make_settings

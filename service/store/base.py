@@ -5,17 +5,13 @@ from __future__ import annotations
 import abc
 import enum
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Final, NamedTuple
 
-import msgspec
-
 from ..schemas import (
-    EXCERPT_MARK,
-    EXCERPT_MAX,
-    RANKED_SORTS,
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -24,6 +20,7 @@ from ..schemas import (
     Standings,
     Status,
     VoteOut,
+    VoteValue,
 )
 
 # A position in a listing: the sort key of the last item returned.
@@ -97,45 +94,6 @@ def full_board(max_features: int) -> str:
     )
 
 
-def hides(results_hidden: bool, audience: Audience) -> bool:
-    """Whether this audience must not see counts (and count-based orders) now."""
-    return results_hidden and audience is Audience.PUBLIC
-
-
-def hides_order(sort: Sort, results_hidden: bool, audience: Audience) -> bool:
-    """Whether a listing in `sort` runs by id ascending instead, so its order reveals nothing."""
-    return sort in RANKED_SORTS and hides(results_hidden, audience)
-
-
-def excerpt(text: str, limit: int = EXCERPT_MAX) -> str:
-    """At most `limit` characters: a longer text is cut (between code points, never inside
-    one) to limit - 1 of them, trailing blanks dropped, and marked with an ellipsis."""
-    if len(text) <= limit:
-        return text
-    return text[: limit - 1].rstrip() + EXCERPT_MARK
-
-
-def on_board(feature: Feature) -> Feature:
-    """A feature as stats and pushes carry it: its description cut to an excerpt."""
-    if len(feature.description) <= EXCERPT_MAX:
-        return feature
-    return msgspec.structs.replace(feature, description=excerpt(feature.description))
-
-
-def masked(feature: Feature) -> Feature:
-    """The feature as a non-admin sees it while results are hidden."""
-    return msgspec.structs.replace(feature, up=None, down=None, score=None)
-
-
-def masked_vote(vote: VoteOut) -> VoteOut:
-    return msgspec.structs.replace(vote, up=None, down=None, score=None)
-
-
-def public_standings(features: Iterable[Feature]) -> list[Feature]:
-    """Hidden standings: by id, counts null."""
-    return sorted((masked(f) for f in features), key=lambda f: f.id)
-
-
 class Page(NamedTuple):
     items: list[Feature]
     next_key: CursorKey | None
@@ -205,7 +163,12 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         """Set the voter's vote to +1/-1, or retract it with 0; repeating is a no-op.
 
@@ -213,7 +176,7 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def votes_of(self, voter: str) -> dict[int, int]: ...
+    async def votes_of(self, voter: str) -> dict[int, CastVote]: ...
 
     async def seq(self) -> int:
         """The current seq: what a cache of anything derived from the board is keyed by."""

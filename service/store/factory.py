@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping
-from typing import Final
-
 from ..config import ConfigError, Settings
 from .base import Store
 from .memory import MemoryStore
 
-# The usual way process managers (gunicorn, Heroku-style platforms) ask for several workers.
-WORKERS_ENV: Final = "WEB_CONCURRENCY"
 
-
-def _workers(env: Mapping[str, str]) -> int:
-    raw = env.get(WORKERS_ENV, "").strip()
-    if not raw:
-        return 1
-    try:
-        return int(raw)
-    except ValueError:
-        raise ConfigError(WORKERS_ENV, f"must be a whole number, not {raw!r}") from None
-
-
-def store_from_settings(settings: Settings, env: Mapping[str, str] | None = None) -> Store:
+def store_from_settings(settings: Settings) -> Store:
     """`memory` (one process only), or a Redis URL shared by any number of instances."""
-    env = os.environ if env is None else env
     if settings.store == "memory":
-        workers = _workers(env)
+        workers = settings.workers
         if workers > 1:
             raise ConfigError(
                 "store",
-                f"the memory store lives in one process, but {WORKERS_ENV}={workers} asks for "
-                "more; set FV_STORE=redis://HOST:PORT/DB to run several",
+                f"the memory store lives in one process, but workers is {workers} "
+                f"(WEB_CONCURRENCY={workers} or FV_WORKERS={workers}); set "
+                "FV_STORE=redis://HOST:PORT/DB to run several",
             )
         return MemoryStore(
             top_n=settings.top_n,

@@ -20,6 +20,7 @@ from ..schemas import (
     DEFAULT_BOARD,
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -29,7 +30,7 @@ from ..schemas import (
     Stats,
     Status,
     VoteOut,
-    encoder,
+    VoteValue,
 )
 from .base import (
     KEY_LENGTH,
@@ -40,17 +41,11 @@ from .base import (
     Page,
     StatsView,
     Store,
-    etag_for,
     full_board,
-    hides,
-    hides_order,
-    masked,
-    masked_vote,
-    on_board,
-    public_standings,
     sort_key,
 )
 from .errors import FeatureClosed, IdempotencyConflict, NotFound, TooManyFeatures, VotingClosed
+from .visibility import hides_order, masked, stats_views, visible
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
 DEFAULT_MAX_FEATURES: Final = 1000
@@ -137,8 +132,8 @@ class MemoryStore(Store):
         self._new: SortedList[CursorKey] = SortedList()
         self._new_by_status: dict[Status, SortedList[CursorKey]]
         self._new_by_status = {status: SortedList() for status in Status}
-        self._by_feature: dict[int, dict[str, int]] = {}
-        self._by_voter: dict[str, dict[int, int]] = {}
+        self._by_feature: dict[int, dict[str, CastVote]] = {}
+        self._by_voter: dict[str, dict[int, CastVote]] = {}
         self._idempotency: OrderedDict[tuple[str, str], tuple[tuple[str, str], Feature, float]]
         self._idempotency = OrderedDict()
         self._next_id = 1
@@ -213,7 +208,7 @@ class MemoryStore(Store):
     # --- features ---------------------------------------------------------------------------
 
     def _shown(self, feature: Feature, audience: Audience) -> Feature:
-        return masked(feature) if hides(self._board.results_hidden, audience) else feature
+        return visible(feature, self._board.results_hidden, audience)
 
     async def create_feature(
         self,
@@ -344,7 +339,12 @@ class MemoryStore(Store):
             del self._by_voter[voter]
 
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         async with self._lock:
             rec = self._record(feature_id)
@@ -373,10 +373,10 @@ class MemoryStore(Store):
                     del votes[voter]
                     self._forget_voter_vote(voter, feature_id)
                 self._changed()
-            out = VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)  # type: ignore[arg-type]
-            return masked_vote(out) if hides(self._board.results_hidden, audience) else out
+            out = VoteOut(feature_id, value, rec.up, rec.down, rec.up - rec.down)
+            return visible(out, self._board.results_hidden, audience)
 
-    async def votes_of(self, voter: str) -> dict[int, int]:
+    async def votes_of(self, voter: str) -> dict[int, CastVote]:
         return dict(self._by_voter.get(voter, {}))
 
     # --- stats ------------------------------------------------------------------------------
@@ -398,7 +398,7 @@ class MemoryStore(Store):
         """Both audiences' views of this seq; one shared view unless results are hidden."""
         seq, board = self._seq, self._board
         first = self._top_keys(None, None, self._top_n)
-        top = [on_board(self._features[key & _ID_MASK].view()) for key in first]
+        top = [self._features[key & _ID_MASK].view() for key in first]
         stats = Stats(
             seq=seq,
             total_features=len(self._features),
@@ -410,21 +410,9 @@ class MemoryStore(Store):
             generated_at=datetime.now(UTC),
             board=board,
         )
-        if not board.results_hidden:
-            view = StatsView(seq, encoder.encode(stats), etag_for(seq))
-            return view, view
         new = self._new  # the first top_n by id ascending: the end of the id-desc order
         by_id = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
-        hidden = msgspec.structs.replace(
-            stats,
-            up=None,
-            down=None,
-            top=[on_board(masked(self._features[-k[0]].view())) for k in by_id],
-        )
-        return (
-            StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
-            StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN)),
-        )
+        return stats_views(stats, (self._features[-k[0]].view() for k in by_id))
 
     # --- the board ----------------------------------------------------------------------------
 
@@ -477,25 +465,21 @@ class MemoryStore(Store):
     ) -> Standings:
         board = self._board
         if round_no is None or round_no == board.round:
-            features = self._ranking()
-            if hides(board.results_hidden, audience):
-                features = public_standings(features)
-            return Standings(
+            current = Standings(
                 round=board.round,
                 title=board.title,
                 closed_at=None,
                 results_hidden=board.results_hidden,
                 total_votes=self._up + self._down,
                 voters=len(self._by_voter),
-                standings=features,
+                standings=self._ranking(),
             )
+            return visible(current, board.results_hidden, audience)
         archived = self._rounds.get(round_no)
         if archived is None:
             raise NotFound(f"round {round_no} does not exist")
         summary, features = archived
-        if hides(summary.results_hidden, audience):
-            features = public_standings(features)
-        return Standings(
+        closed = Standings(
             round=summary.round,
             title=summary.title,
             closed_at=summary.closed_at,
@@ -504,6 +488,7 @@ class MemoryStore(Store):
             voters=summary.voters,
             standings=list(features),
         )
+        return visible(closed, summary.results_hidden, audience)
 
     async def ping(self) -> None:
         return None

@@ -27,6 +27,7 @@ from ..schemas import (
     DEFAULT_BOARD,
     Board,
     BoardPatch,
+    CastVote,
     Feature,
     FeatureCreate,
     FeaturePatch,
@@ -36,7 +37,7 @@ from ..schemas import (
     Stats,
     Status,
     VoteOut,
-    encoder,
+    VoteValue,
 )
 from . import redis_scripts as lua
 from .base import (
@@ -48,13 +49,7 @@ from .base import (
     Page,
     StatsView,
     Store,
-    etag_for,
     full_board,
-    hides,
-    masked,
-    masked_vote,
-    on_board,
-    public_standings,
     sort_key,
 )
 from .errors import (
@@ -65,6 +60,7 @@ from .errors import (
     TooManyFeatures,
     VotingClosed,
 )
+from .visibility import stats_views, visible
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
 DEFAULT_MAX_FEATURES: Final = 1000
@@ -277,8 +273,7 @@ class RedisStore(Store):
         feature = Feature(
             int(reply[1]), new.title, new.description, Status.OPEN, created_at, 0, 0, 0
         )
-        if hides(reply[3] == 1, audience):
-            feature = masked(feature)
+        feature = visible(feature, reply[3] == 1, audience)
         if reply[0] == "replay":
             return Created(feature, replayed=True)
         self._notify(int(reply[2]))
@@ -291,7 +286,7 @@ class RedisStore(Store):
         if row[1] is None:
             raise NotFound(f"feature {feature_id} does not exist")
         feature = _feature([feature_id, *row[1:]])
-        return masked(feature) if hides(row[0] == 1, audience) else feature
+        return visible(feature, row[0] == 1, audience)
 
     async def list_features(
         self,
@@ -328,9 +323,7 @@ class RedisStore(Store):
         rows = [flat[i : i + stride] for i in range(2, len(flat), stride)]
         more = len(rows) > limit
         del rows[limit:]
-        items = [_feature(row[1:]) for row in rows]
-        if hides(hidden, audience):
-            items = [masked(f) for f in items]
+        items = visible([_feature(row[1:]) for row in rows], hidden, audience)
         if not more or not rows:
             return Page(items, None)
         last = decode_key(rows[-1][0])
@@ -358,7 +351,12 @@ class RedisStore(Store):
     # --- votes ----------------------------------------------------------------------------------
 
     async def set_vote(
-        self, voter: str, feature_id: int, value: int, *, audience: Audience = Audience.PUBLIC
+        self,
+        voter: str,
+        feature_id: int,
+        value: VoteValue,
+        *,
+        audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         reply = await self._script("vote", voter, str(feature_id), value)
         if reply[0] == "notfound":
@@ -370,12 +368,12 @@ class RedisStore(Store):
         up, down, seq = int(reply[1]), int(reply[2]), int(reply[3])
         if seq:
             self._notify(seq)
-        out = VoteOut(feature_id, value, up, down, up - down)  # type: ignore[arg-type]
-        return masked_vote(out) if hides(reply[4] == 1, audience) else out
+        out = VoteOut(feature_id, value, up, down, up - down)
+        return visible(out, reply[4] == 1, audience)
 
-    async def votes_of(self, voter: str) -> dict[int, int]:
+    async def votes_of(self, voter: str) -> dict[int, CastVote]:
         mine = await self._call(self._redis.hgetall(f"{self._prefix}v:{voter}"))
-        return {int(k): int(v) for k, v in mine.items()}
+        return {int(k): 1 if int(v) > 0 else -1 for k, v in mine.items()}  # stored "1" / "-1"
 
     # --- stats ----------------------------------------------------------------------------------
 
@@ -440,23 +438,11 @@ class RedisStore(Store):
             up=int(flat[2]),
             down=int(flat[3]),
             voters=int(flat[4]),
-            top=[on_board(f) for f in _features(flat[10:top_end])],
+            top=_features(flat[10:top_end]),
             generated_at=datetime.now(UTC),
             board=board,
         )
-        if not board.results_hidden:
-            view = StatsView(seq, encoder.encode(stats), etag_for(seq))
-            return view, view
-        hidden = msgspec.structs.replace(
-            stats,
-            up=None,
-            down=None,
-            top=[on_board(masked(f)) for f in _features(flat[top_end:])],
-        )
-        return (
-            StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
-            StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN)),
-        )
+        return stats_views(stats, _features(flat[top_end:]))
 
     # --- the board ------------------------------------------------------------------------------
 
@@ -497,31 +483,27 @@ class RedisStore(Store):
             raise NotFound(f"round {round_no} does not exist")
         if reply[0] == "archived":
             summary = _summary(reply[1])
-            features = _archived_rows(reply[2])
-            if hides(summary.results_hidden, audience):
-                features = public_standings(features)
-            return Standings(
+            closed = Standings(
                 round=summary.round,
                 title=summary.title,
                 closed_at=summary.closed_at,
                 results_hidden=summary.results_hidden,
                 total_votes=summary.total_votes,
                 voters=summary.voters,
-                standings=features,
+                standings=_archived_rows(reply[2]),
             )
+            return visible(closed, summary.results_hidden, audience)
         board = _board(*reply[1:5])
-        features = _features(reply[8:])
-        if hides(board.results_hidden, audience):
-            features = public_standings(features)
-        return Standings(
+        current = Standings(
             round=board.round,
             title=board.title,
             closed_at=None,
             results_hidden=board.results_hidden,
             total_votes=int(reply[5]) + int(reply[6]),
             voters=int(reply[7]),
-            standings=features,
+            standings=_features(reply[8:]),
         )
+        return visible(current, board.results_hidden, audience)
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())

@@ -37,7 +37,8 @@ FEATURE_FIELDS: Final = ("title", "description", "status", "created_at", "up", "
 RANKED: Final = ("top", "wilson", "controversial")  # the orders that move with votes
 LAYOUT: Final = "2"
 # STATS sends at most this many bytes of a description (UTF-8, at most 4 bytes a character): a
-# longer one still has more than EXCERPT_MAX characters, so Python cuts and marks it (on_board).
+# longer one still has more than EXCERPT_MAX characters, so Python cuts and marks it
+# (visibility.on_board).
 EXCERPT_BYTES: Final = 4 * EXCERPT_MAX + 4
 
 _PRELUDE: Final = f"""
