@@ -508,9 +508,14 @@ async def test_no_data_frames_after_the_close_frame(
 async def test_heartbeat_closes_a_peer_that_never_answers_pings_and_keeps_the_one_that_does(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    settings = make_settings(ws_heartbeat=0.2, ws_idle_timeout=0.7)
+    # Six sweeps fit in the idle timeout: "at least two pings before the close" holds even when
+    # a busy host delays a sweep by most of a second (with 0.7 s, one stall left a single ping).
+    settings = make_settings(ws_heartbeat=0.2, ws_idle_timeout=1.2)
     client = await aiohttp_client(create_app(settings))
     assert client.port is not None
+    # Before the handshake: the server's idle clock for this peer starts later, so the silence
+    # measured from here is never shorter than the one the server acted on.
+    started = time.monotonic()
     raw = RawWs(await raw_handshake(client.host, client.port, rcvbuf=1 << 16))
     try:
         # aiohttp's client answers pings while someone reads: keep a reader on this one.
@@ -524,8 +529,7 @@ async def test_heartbeat_closes_a_peer_that_never_answers_pings_and_keeps_the_on
 
             reader = asyncio.create_task(read())
             frames: list[tuple[int, bytes]] = []
-            started = time.monotonic()
-            deadline = started + 5
+            deadline = time.monotonic() + 5
             while (frame := await raw.read_frame(deadline - time.monotonic())) is not None:
                 frames.append(frame)
                 if frame[0] == WSMsgType.CLOSE:
@@ -537,7 +541,8 @@ async def test_heartbeat_closes_a_peer_that_never_answers_pings_and_keeps_the_on
             close = frames[-1][1]
             assert struct.unpack("!H", close[:2])[0] == 1001 and close[2:] == b"idle timeout"
             assert silent_for >= settings.ws_idle_timeout, silent_for
-            await asyncio.sleep(1.0)  # longer than ws_idle_timeout for the peer that answers
+            # the clock is the condition: the answering peer outlives ws_idle_timeout
+            await asyncio.sleep(settings.ws_idle_timeout + 0.3)
             assert not answering.closed
             await answering.send_str('{"type":"ping"}')
             deadline = time.monotonic() + 5
