@@ -193,8 +193,9 @@ def test_schemathesis_finds_nothing(
     )
     assert re.search(r"\d+ generated, \d+ passed", output), output
     assert service.alive(), service.log_tail()
-    # problem_middleware logs every 5xx it makes. (aiohttp's own "Error handling request"
-    # tracebacks for unparseable requests, such as st's NUL-in-header probe, come with a 400.)
+    # Every 5xx the request context makes is logged as "unhandled error" (service/errors.py).
+    # (aiohttp's own "Error handling request" tracebacks for unparseable requests, such as st's
+    # NUL-in-header probe, come with a 400.)
     assert "unhandled error" not in service.log_text(), f"seed {seed}\n{service.log_tail(200)}"
 
 
