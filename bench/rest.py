@@ -1,33 +1,40 @@
 """REST benchmark: our hot endpoints against a trivial aiohttp handler and a FastAPI peer.
 
-    .venv/bin/python bench/rest.py            # 3 repetitions, 10 s per endpoint and server (~7 min)
+    .venv/bin/python bench/rest.py            # 3 repetitions, 10 s per endpoint and server (~8 min)
     .venv/bin/python bench/rest.py --quick    # 1 repetition of 2 s (< 1 min)
 
 Needs wrk (Debian: apt-get install wrk) and bench/requirements.txt (FastAPI, uvicorn). Every
-repetition starts three servers as subprocesses pinned to CPU 0 (taskset): ours (`python -m
+repetition starts five servers as subprocesses pinned to CPU 0 (taskset): ours (`python -m
 service` with its defaults: every request through aiohttp's one pipeline, every middleware, the
 access log on, JSON lines to a temporary file; rate limits off: every request comes from
 127.0.0.1), the reference (bench/rest_trivial.py: one aiohttp handler answering anything with a
-small JSON body, served like the service: AppRunner, uvloop, one process) and the vote peer
+small JSON body, served like the service: AppRunner, uvloop, one process), the vote peer
 (bench/peer_fastapi.py: the seed's ADR-003 snippet in FastAPI + pydantic + PyJWT with cached
-verification + one asyncio.Lock, on uvicorn with uvloop and httptools, no access log). Ours and
-the peer get --features features and --voters voter tokens through their APIs. A 1 s warm-up of
-votes (on another feature) hits each server, then for every endpoint the servers in turn (order
-rotated every repetition) are loaded by `wrk -t1 -c50 --latency -s bench/rest_wrk.lua`, pinned
-to CPU 1, with exactly the same requests (the peer serves the vote only):
+verification + one asyncio.Lock, on uvicorn with uvloop and httptools, no access log), and two
+that explain the vote's cost rather than set a target: ours with the access line off
+(FV_ACCESS_LOG=false, otherwise the same) and the vote-shaped floor (bench/rest_floor.py:
+aiohttp's own part of a vote and nothing else: the body read, a router with our route
+templates, an answer of the same bytes and headers as the one ours gave to a vote after the
+warm-up, no middleware). Ours, ours without access line and the peer get --features features
+and --voters voter tokens through their APIs. A 1 s warm-up of votes (on another feature) hits
+each server, then for every endpoint the servers in turn (order rotated every repetition) are
+loaded by `wrk -t1 -c50 --latency -s bench/rest_wrk.lua`, pinned to CPU 1, with exactly the
+same requests (the peer, the floor and ours without access line serve the vote only):
   vote       PUT /features/{id}/vote with a Bearer token; the voters take turns and each one
              alternates {"value":1} / {"value":-1}, so every request moves a vote; checked on
-             ours and the peer: the stats `seq` grows by the number of 200 answers (plus
-             requests in flight at the stop)
+             ours, ours without access line and the peer: the stats `seq` grows by the
+             number of 200 answers (plus requests in flight at the stop)
   stats      GET /features/stats
   stats-304  GET /features/stats with If-None-Match: <the current ETag> (ours answers 304)
   list       GET /features (the first page: every seeded feature)
 Reported per endpoint: medians of requests/s, p50 and p99 (wrk --latency), ours ÷ trivial as a
 ratio of the medians, ours ÷ the peer on the vote (requests/s, and server CPU per vote: the
-target), the response statuses (counted by the Lua script), wrk's CPU and the server's CPU
-(utime+stime from /proc/<pid>/stat over the run, % of one core: wrk near 100 % means the
-generator, not the server, was the limit), the server's CPU per answered request (its ratio
-holds however much of CPU 0 other processes took), and CPU used by other processes meanwhile.
+target), the floor's CPU per vote, ours above it and the access line's part of that (ours
+minus ours without access line), the response statuses (counted by the Lua script), wrk's CPU
+and the server's CPU (utime+stime from /proc/<pid>/stat over the run, % of one core: wrk near
+100 % means the generator, not the server, was the limit), the server's CPU per answered
+request (its ratio holds however much of CPU 0 other processes took), and CPU used by other
+processes meanwhile.
 Before each endpoint's runs it waits (bounded) for the machine to be quiet. Writes
 <output-dir>/rest.md (a `## REST` section) and rest.json (--quick: rest-quick.md and .json).
 Everything listens on and talks to 127.0.0.1; every subprocess is stopped in `finally` and gets
@@ -69,7 +76,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGET_VOTE_RATIO = 0.5  # vote requests/s ÷ trivial handler, at least
 TARGET_PEER_CPU_RATIO = 0.5  # our CPU per vote ÷ the FastAPI peer's, at most
 SATURATED_PCT = 90.0  # wrk above this % of its core: the generator may be the limit
-SERVERS = ("trivial", "ours", "fastapi")
+SERVERS = ("trivial", "ours", "fastapi", "floor", "ours-noaccess")
 PEER_LABEL = "FastAPI + uvicorn (bench/peer_fastapi.py)"
 UNLIMITED: dict[str, str] = {
     f"FV_{name}": "0" for name in ("TOKEN_RATE", "VOTE_RATE", "CREATE_RATE", "WS_CONNECT_RATE")
@@ -89,7 +96,9 @@ ENDPOINTS = (
     Endpoint("stats-304", "GET /features/stats, If-None-Match: current ETag"),
     Endpoint("list", "GET /features"),
 )
-SEEDED = ("ours", "fastapi")  # servers with tokens, features and a stats `seq` to check
+SEEDED = ("ours", "fastapi", "ours-noaccess")  # tokens, features and a stats `seq` to check
+# Headers aiohttp writes itself on every answer: the floor's own, not copied from ours.
+AIOHTTP_HEADERS = frozenset({"content-length", "date", "server"})
 
 
 # --- processes and /proc (small helpers as in bench/fanout.py) ---------------------------------
@@ -161,19 +170,31 @@ class Server:
 
 
 def start_server(
-    kind: str, python: str, pin: list[str], logdir: Path, extra: dict[str, str]
+    kind: str,
+    python: str,
+    pin: list[str],
+    logdir: Path,
+    extra: dict[str, str],
+    argv: tuple[str, ...] = (),
 ) -> Server:
+    """Start one server (`kind` in SERVERS; `extra`: our service's extra environment, `argv`:
+    extra arguments of bench/rest_floor.py) and wait until its GET /healthz answers 200."""
     port = free_port()
     log = logdir / f"{kind}-{port}.log"
     # A clean configuration: nothing FV_* from the caller's environment leaks in.
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
-    if kind == "ours":
+    if kind in ("ours", "ours-noaccess"):
         cmd = [*pin, python, "-m", "service"]
         env.update(FV_SECRET=secrets.token_urlsafe(32), FV_HOST=HOST, PORT=str(port), **UNLIMITED)
         env.update(extra)
+        if kind == "ours-noaccess":
+            env["FV_ACCESS_LOG"] = "false"
     elif kind == "fastapi":
         cmd = [*pin, python, str(BENCH / "peer_fastapi.py"), "--host", HOST, "--port", str(port)]
         env.update(PEER_SECRET=secrets.token_urlsafe(32))
+    elif kind == "floor":
+        cmd = [*pin, python, str(BENCH / "rest_floor.py"), "--host", HOST, "--port", str(port)]
+        cmd += argv
     else:
         cmd = [*pin, python, str(BENCH / "rest_trivial.py"), "--host", HOST, "--port", str(port)]
     with log.open("wb") as out:
@@ -345,34 +366,66 @@ def run_wrk(
     return run
 
 
+def capture_vote_answer(
+    port: int, path: str, token: str, logdir: Path, rep: int
+) -> tuple[Path, dict[str, str]]:
+    """One vote on our service: its answer's body (to a file) and the headers it carries
+    beyond those aiohttp writes itself; bench/rest_floor.py answers with both."""
+    status, headers, body = call(port, "PUT", path, {"value": 1}, token)
+    if status != 200:
+        raise RuntimeError(f"PUT {path}: {status} {body[:200]!r}")
+    answer = logdir / f"floor-answer-{rep}.json"
+    answer.write_bytes(body)
+    return answer, {k: v for k, v in headers.items() if k.lower() not in AIOHTTP_HEADERS}
+
+
 def measure_rep(rep: int, args: argparse.Namespace, ctx: dict[str, Any], runs: list[Run]) -> None:
-    """One repetition: both servers fresh, seeded, warmed up, then every endpoint on each."""
+    """One repetition: every server fresh, seeded, warmed up, then every endpoint on each."""
     servers: dict[str, Server] = {}
     try:
         for kind in SERVERS:
-            servers[kind] = start_server(
-                kind, ctx["python"], ctx["server_pin"], ctx["logdir"], ctx["ours_env"]
-            )
+            if kind != "floor":  # it starts once ours has given it an answer to copy
+                servers[kind] = start_server(
+                    kind, ctx["python"], ctx["server_pin"], ctx["logdir"], ctx["ours_env"]
+                )
         ours = servers["ours"]
         vote_args: dict[str, list[str]] = {}
         warm_args: dict[str, list[str]] = {}
+        tokens_of: dict[str, list[str]] = {}
         for kind in SEEDED:  # each its own voters and features; the trivial one votes as ours
             tokens, ids = seed(servers[kind].port, args.voters, args.features)
+            tokens_of[kind] = tokens
             tokens_file = ctx["logdir"] / f"tokens-{kind}.txt"
             tokens_file.write_text("\n".join(tokens) + "\n")
             vote_args[kind] = ["vote", f"/features/{ids[0]}/vote", str(tokens_file)]
             warm_args[kind] = ["vote", f"/features/{ids[1]}/vote", str(tokens_file)]
-        vote_args["trivial"], warm_args["trivial"] = vote_args["ours"], warm_args["ours"]
-        for kind, server in servers.items():  # warm-up votes on another feature
+        for kind in ("trivial", "floor"):  # they vote as ours
+            vote_args[kind], warm_args[kind] = vote_args["ours"], warm_args["ours"]
+
+        def warm_up(server: Server) -> None:  # warm-up votes on another feature
             run_wrk(
                 server,
                 ENDPOINTS[0],
                 rep,
-                warm_args[kind],
+                warm_args[server.kind],
                 args.warmup,
                 args.connections,
                 ctx["wrk_pin"],
             )
+
+        for server in servers.values():
+            warm_up(server)
+        # The floor answers what ours answers to a vote, with mid-run counts (after warm-up).
+        body_file, headers = capture_vote_answer(
+            ours.port, warm_args["ours"][1], tokens_of["ours"][0], ctx["logdir"], rep
+        )
+        ctx["floor_answer"] = {"bytes": body_file.stat().st_size, "headers": headers}
+        floor_argv: tuple[str, ...] = ("--body-file", str(body_file))
+        floor_argv += tuple(a for k, v in headers.items() for a in ("--header", f"{k}:{v}"))
+        servers["floor"] = start_server(
+            "floor", ctx["python"], ctx["server_pin"], ctx["logdir"], {}, floor_argv
+        )
+        warm_up(servers["floor"])
         shift = (rep - 1) % len(SERVERS)
         rotated = SERVERS[shift:] + SERVERS[:shift]  # each server first in turn
         for endpoint in ENDPOINTS:
@@ -408,7 +461,7 @@ def measure_rep(rep: int, args: argparse.Namespace, ctx: dict[str, Any], runs: l
                     run.seq_delta = stats_seq_etag(checked.port)[0] - seq0
                 runs.append(run)
                 print(
-                    f"  rep {rep} {endpoint.name:<9} {kind:<7} {run.rps:9.0f} req/s  "
+                    f"  rep {rep} {endpoint.name:<9} {kind:<13} {run.rps:9.0f} req/s  "
                     f"{run.server_us_per_req:6.1f} µs/req  "
                     f"p50 {run.p50_ms:6.2f} ms  p99 {run.p99_ms:6.2f} ms  statuses "
                     f"{fmt_statuses(run.statuses)}  wrk CPU {run.wrk_cpu_pct:3.0f}%  server "
@@ -454,6 +507,12 @@ def per_rep(runs: list[Run], a: str, b: str, key: str) -> list[float]:
     ]
 
 
+def per_rep_values(runs: list[Run], server: str) -> list[float]:
+    """CPU µs per request of `server` in each repetition (NaN where its run failed)."""
+    by_rep = {r.rep: r.server_us_per_req for r in runs if r.server == server}
+    return [by_rep.get(n, math.nan) for n in sorted({r.rep for r in runs})]
+
+
 def summarize(runs: list[Run], connections: int) -> list[dict[str, Any]]:
     rows = []
     for endpoint in ENDPOINTS:
@@ -483,6 +542,19 @@ def summarize(runs: list[Run], connections: int) -> list[dict[str, Any]]:
             row["peer_cpu_ratio_per_rep"] = per_rep(rs, "ours", "fastapi", "server_us_per_req")
             row["peer_rps_ratio"] = row["ours_rps"] / row["fastapi_rps"]
             row["peer_p99_ratio"] = row["ours_p99_ms"] / row["fastapi_p99_ms"]
+            # Explanatory, not targets: CPU per vote ours above aiohttp's own part (the floor),
+            # the access line's share of that, and the best ours ÷ trivial (CPU) a service on
+            # aiohttp could reach on this vote: trivial ÷ floor.
+            us = {k: row[f"{k}_server_us_per_req"] for k in ("ours", "ours-noaccess", "floor")}
+            row["ours_above_floor_us"] = us["ours"] - us["floor"]
+            row["access_line_us"] = us["ours"] - us["ours-noaccess"]
+            row["floor_cpu_ratio"] = row["trivial_server_us_per_req"] / us["floor"]
+            row["ours_above_floor_us_per_rep"] = [
+                a - b
+                for a, b in zip(
+                    per_rep_values(rs, "ours"), per_rep_values(rs, "floor"), strict=True
+                )
+            ]
             for kind in SEEDED:
                 checked = [r for r in rs if r.server == kind and r.seq_delta is not None]
                 ok = sum(r.statuses.get("200", 0) for r in checked)
@@ -508,6 +580,7 @@ def render(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) ->
         f"- our service's settings: {meta['settings']}",
         f"- trivial reference: {meta['reference']}",
         f"- vote peer: {meta['peer']}",
+        f"- vote floor: {meta['floor']}",
         f"- pinning: {meta['pinning']}",
         f"- load: {meta['load']}",
         f"- reproduce: `{meta['command']}` (from the project root)",
@@ -575,13 +648,25 @@ def render(rows: list[dict[str, Any]], runs: list[Run], meta: dict[str, Any]) ->
             f"| {fmt_statuses(vote[f'{k}_statuses'])} |"
             for k, name in (
                 ("ours", "ours (`python -m service`, every middleware, access line on)"),
+                ("ours-noaccess", "ours, access line off (FV_ACCESS_LOG=false)"),
                 ("fastapi", PEER_LABEL),
+                ("floor", "vote-shaped aiohttp floor (bench/rest_floor.py)"),
                 ("trivial", "trivial aiohttp handler"),
             )
         ),
         "",
         f"Ours ÷ peer: req/s {fmt(vote['peer_rps_ratio'], 2)}, p99 "
         f"{fmt(vote['peer_p99_ratio'], 2)}, CPU per vote {fmt(vote['peer_cpu_ratio'], 2)}.",
+        "",
+        f"**Where a vote's CPU goes:** aiohttp's own part of a vote (floor) "
+        f"{fmt(vote['floor_server_us_per_req'])} µs; ours above it "
+        f"{fmt(vote['ours_above_floor_us'])} µs (per repetition: "
+        f"{', '.join(fmt(x) for x in vote['ours_above_floor_us_per_rep'])}); of which the "
+        f"access line {fmt(vote['access_line_us'])} µs (ours minus ours with it off). Against "
+        f"the trivial handler's {fmt(vote['trivial_server_us_per_req'])} µs, a service doing "
+        "nothing but aiohttp's part of a vote would reach trivial ÷ floor = "
+        f"{fmt(vote['floor_cpu_ratio'], 2)} by CPU per request. These rows explain the vote "
+        "target; they are not targets.",
         "",
         f"**Load generator:** wrk used at most {fmt(wrk_max, 0)} % of its core in any run: "
         + (
@@ -687,6 +772,21 @@ def code_version() -> str:
     return f"working tree at {head}{dirty}; sha256 of service/**/*.py {digest.hexdigest()[:12]}"
 
 
+def floor_description(answer: dict[str, Any] | None) -> str:
+    """What bench/rest_floor.py answered, as captured from our service's vote answer."""
+    copied = (
+        "not captured"
+        if answer is None
+        else (f"{answer['bytes']} bytes, headers {', '.join(answer['headers'])}")
+    )
+    return (
+        "bench/rest_floor.py: the vote request as ours gets it (PUT, Bearer token, JSON body), "
+        "the body read (`await request.read()`), a router holding our service's route "
+        "templates, and the answer our service gave to a vote just before (copied: "
+        f"{copied}); no middleware, no other code; AppRunner, uvloop, no access log"
+    )
+
+
 def clean(obj: Any) -> Any:
     """NaN -> null, so the .json stays JSON; floats to 3 decimals."""
     if isinstance(obj, float):
@@ -777,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[Run] = []
     try:
         with tempfile.TemporaryDirectory(prefix="rest-bench-") as logdir:
-            ctx = {
+            ctx: dict[str, Any] = {
                 "python": python,
                 "server_pin": server_pin,
                 "wrk_pin": wrk_pin,
@@ -786,6 +886,7 @@ def main(argv: list[str] | None = None) -> int:
             }
             for rep in range(1, args.reps + 1):
                 measure_rep(rep, args, ctx, runs)
+            meta["floor"] = floor_description(ctx.get("floor_answer"))
     except KeyboardInterrupt:
         print("rest: interrupted; subprocesses stopped", file=sys.stderr)
         return 130
