@@ -83,6 +83,9 @@ def build(quick: bool) -> str:
         "Where a target is missed, the section says what bounds it (with profiles) and what "
         "would be needed.",
     ]
+    notes = RESULTS / "notes.md"  # written by hand after a full run: what bounds the misses
+    if notes.exists() and not quick:
+        head += ["", notes.read_text().strip()]
     return "\n".join(head) + "\n\n" + "\n\n".join(sections) + "\n"
 
 
