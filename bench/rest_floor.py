@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import signal
 import sys
 from pathlib import Path
 
@@ -37,7 +36,7 @@ from aiohttp import web
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH.parent))  # the project root: `service`, for its route table
 
-from rest_trivial import _loop_factory  # noqa: E402 (bench/ is this script's directory)
+from rest_trivial import _loop_factory, serve_app  # noqa: E402 (bench/ is this script's directory)
 
 VOTE_PATH = "/features/{id}/vote"
 VOTE_METHODS = frozenset({"PUT", "POST"})
@@ -91,17 +90,7 @@ def build_app(body: bytes, headers: dict[str, str]) -> web.Application:
 
 
 async def serve(host: str, port: int, body: bytes, headers: dict[str, str]) -> None:
-    runner = web.AppRunner(build_app(body, headers), access_log=None, handle_signals=False)
-    await runner.setup()
-    try:
-        await web.TCPSite(runner, host, port).start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await stop.wait()
-    finally:
-        await runner.cleanup()
+    await serve_app(build_app(body, headers), host, port)
 
 
 def parse_header(text: str) -> tuple[str, str]:

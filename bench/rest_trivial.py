@@ -26,6 +26,11 @@ async def trivial(request: web.Request) -> web.Response:
 async def serve(host: str, port: int) -> None:
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", trivial)
+    await serve_app(app, host, port)
+
+
+async def serve_app(app: web.Application, host: str, port: int) -> None:
+    """Serve `app` as the service serves itself, until SIGTERM or SIGINT (rest_floor.py too)."""
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
     try:

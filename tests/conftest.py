@@ -124,3 +124,28 @@ async def stats(client: Client) -> dict[str, Any]:
     assert resp.status == 200
     body: dict[str, Any] = await resp.json()
     return body
+
+
+# --- the page tests' browser and server (tests/browser.py) ---------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Debian Chromium per module (the page tests skip without it)."""
+    from .browser import chromium_browser
+
+    with chromium_browser() as chromium:
+        yield chromium
+
+
+@pytest.fixture
+def server() -> Iterator[Any]:
+    """A real `python -m service` process for a page test, killed after it (a module may
+    define its own `server` with other settings)."""
+    from .browser import Server
+
+    srv = Server().start()
+    try:
+        yield srv
+    finally:
+        srv.kill()

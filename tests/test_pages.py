@@ -9,7 +9,7 @@ from typing import Final
 
 import pytest
 
-from .browser import Server, chromium_browser, chromium_path
+from .browser import Server, chromium_path
 from .screenshots import make_screenshots
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -24,12 +24,6 @@ Browser = playwright_api.Browser
 LIVE_TIMEOUT_MS: Final = 2_000  # the bound for a REST vote to appear on screen
 PUBLIC_URL: Final = "https://votes.example.org/"
 PNG_SIGNATURE: Final = b"\x89PNG\r\n\x1a\n"
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium_browser() as chromium:
-        yield chromium
 
 
 @pytest.fixture

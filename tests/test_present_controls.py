@@ -7,7 +7,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -15,7 +14,7 @@ import pytest
 
 from service.auth import Role, Tokens
 
-from .browser import Server, chromium_browser, chromium_path
+from .browser import Server, chromium_path
 from .conftest import make_settings
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -28,21 +27,6 @@ Page = playwright_api.Page
 Browser = playwright_api.Browser
 
 LIVE_MS: Final = 3_000
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium_browser() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server().start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
 
 
 def admin_token() -> str:

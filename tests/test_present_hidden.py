@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import string
-from collections.abc import Iterator
 from typing import Any, Final
 
 import pytest
 
-from .browser import Server, chromium_browser, chromium_path
+from .browser import Server, chromium_path
 from .test_present_controls import Console, admin_token, sign_in
 
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
@@ -32,21 +31,6 @@ LIVE_MS: Final = 5_000
 # Letters, not numbers, so any digit on the board is a count or a rank.
 TITLES: Final = [f"Feature {letter}" for letter in string.ascii_uppercase[:25]]
 UPS: Final = [0, 4, 1, 3, 2]  # feature 6 + i gets UPS[i % 5] up votes
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    with chromium_browser() as chromium:
-        yield chromium
-
-
-@pytest.fixture
-def server() -> Iterator[Server]:
-    srv = Server().start()
-    try:
-        yield srv
-    finally:
-        srv.kill()
 
 
 class Frames:
