@@ -85,7 +85,7 @@ def _client_left_line(request: web.Request, exc: BaseException) -> None:
 
 def request_context(metrics: Metrics, lifecycle: Lifecycle, *, access: bool) -> Middleware:
     """The middleware (see the module's docstring); `access` turns the access line on."""
-    series = metrics.http.series
+    observe = metrics.http.observe
     known_methods = KNOWN_METHODS
     perf_counter = time.perf_counter
     info = logging.INFO
@@ -133,11 +133,7 @@ def request_context(metrics: Metrics, lifecycle: Lifecycle, *, access: bool) -> 
             elapsed = perf_counter() - started
             route = route_of(request)
             method = request.method
-            requests, latency = series(
-                route, method if method in known_methods else OTHER_METHOD, status
-            )
-            requests.inc()
-            latency.observe(elapsed)
+            observe(route, method if method in known_methods else OTHER_METHOD, status, elapsed)
             if access and access_log.isEnabledFor(info):
                 voter = request.get(VOTER_KEY)
                 fields: dict[str, object] = {

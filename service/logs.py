@@ -99,7 +99,7 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         line = _encoder.encode(entry).decode()
-        return line if getattr(record, SHOWS_TOKEN, False) or "eyJ" not in line else redact(line)
+        return _finish(record, line)
 
 
 class TextFormatter(logging.Formatter):

@@ -86,6 +86,9 @@ def sort_key(sort: Sort, feature_id: int, up: int, down: int) -> CursorKey:
     return (-scaled(controversy(up, down), CONTROVERSY_SCALE), -(up + down), feature_id)
 
 
+DEFAULT_MAX_FEATURES: Final = 1000  # the max_features setting's default (service/config.py)
+
+
 def full_board(max_features: int) -> str:
     """TooManyFeatures' message."""
     return (

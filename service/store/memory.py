@@ -33,6 +33,7 @@ from ..schemas import (
     VoteValue,
 )
 from .base import (
+    DEFAULT_MAX_FEATURES,
     KEY_LENGTH,
     Audience,
     ChangeListener,
@@ -48,7 +49,6 @@ from .errors import FeatureClosed, IdempotencyConflict, NotFound, TooManyFeature
 from .visibility import hides_order, masked, stats_views, visible
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
-DEFAULT_MAX_FEATURES: Final = 1000
 
 # The top order's index holds each key (down - up, -up, id) packed into one int,
 # (down - up) * 2^128 + (-up) * 2^64 + id, so a vote's remove + add in the sorted list compares

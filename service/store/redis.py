@@ -41,6 +41,7 @@ from ..schemas import (
 )
 from . import redis_scripts as lua
 from .base import (
+    DEFAULT_MAX_FEATURES,
     KEY_LENGTH,
     Audience,
     ChangeListener,
@@ -63,7 +64,6 @@ from .errors import (
 from .visibility import stats_views, visible
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
-DEFAULT_MAX_FEATURES: Final = 1000
 # The change subscription: ping after this many quiet seconds; no answer for 3x: reconnect.
 PUBSUB_KEEPALIVE: Final = 5.0
 RECONNECT_MIN: Final = 0.05
