@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+from collections.abc import Awaitable, Callable
 from typing import Final, TypeVar
 
 import msgspec
@@ -18,9 +19,11 @@ from .logs import VOTER_KEY
 from .schemas import (
     CURSOR_PATTERN,
     IDEMPOTENCY_KEY_MAX,
+    MAIN_SLUG,
     PAGE_DEFAULT,
     PAGE_MAX,
     RANKED_SORTS,
+    SLUG_PATTERN,
     Feature,
     FeatureList,
     MyVotes,
@@ -32,7 +35,7 @@ from .schemas import (
     feature_patch_decoder,
     vote_decoder,
 )
-from .store import Audience, CursorKey
+from .store import Audience, BoardNotFound, CursorKey, Store
 from .store.base import HIDDEN_KEY_LENGTH, KEY_LENGTH
 
 JSON: Final = "application/json"
@@ -45,11 +48,29 @@ _FEATURE_ID: Final = re.compile(r"[1-9][0-9]{0,17}")
 _IDEMPOTENCY_KEY: Final = re.compile(rf"[\x21-\x7e]{{1,{IDEMPOTENCY_KEY_MAX}}}")
 _LIMIT: Final = re.compile(r"[0-9]{1,3}")
 _CURSOR: Final = re.compile(CURSOR_PATTERN)
+_SLUG: Final = re.compile(SLUG_PATTERN)
+# Every board answers under /boards/{slug}; the paths without it are the default board's.
+BOARD_PREFIX: Final = "/boards/{slug}"
 _cursor_decoder: Final = msgspec.json.Decoder(list[str | int])
 ID_ORDER: Final = "id"  # cursor marker: the key is (id,) of a listing in id order
 T = TypeVar("T")
 
 routes = web.RouteTableDef()
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def on_every_board(
+    table: web.RouteTableDef, method: str, *paths: str
+) -> Callable[[Handler], Handler]:
+    """Register a handler under each path for the default board and under /boards/{slug}."""
+
+    def register(handler: Handler) -> Handler:
+        for path in paths:
+            table.route(method, path)(handler)
+            table.route(method, BOARD_PREFIX + path)(handler)
+        return handler
+
+    return register
 
 
 def json_response(
@@ -73,6 +94,19 @@ def client_of(request: web.Request) -> str:
     )
 
 
+def slug_of(request: web.Request) -> str:
+    """The board a request is on: its path's slug, or the default board's."""
+    return request.match_info.get("slug", MAIN_SLUG)
+
+
+async def board_of(request: web.Request) -> Store:
+    """The store of the board a request is on; 404 for a board that does not exist."""
+    slug = slug_of(request)
+    if not _SLUG.fullmatch(slug):
+        raise BoardNotFound(f"board {slug!r} does not exist")
+    return await core_of(request).board_store(slug)
+
+
 async def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
     """Verified claims of the request's bearer token (401/403/429 through the domain errors)."""
     claims = await core_of(request).claims(
@@ -82,12 +116,12 @@ async def claims_of(request: web.Request, role: Role = Role.VOTER) -> Claims:
     return claims
 
 
-async def audience_of(request: web.Request) -> Audience:
-    """ADMIN for a valid admin token; anyone else (no, bad or voter token) reads as PUBLIC."""
+async def audience_of(request: web.Request, board: Store) -> Audience:
+    """ADMIN for a valid admin token of this board; anyone else reads as PUBLIC."""
     authorization = request.headers.get("Authorization")
     if not authorization:
         return Audience.PUBLIC
-    return await core_of(request).audience(authorization, client_of(request))
+    return await core_of(request).audience(authorization, client_of(request), board.slug)
 
 
 def feature_id(request: web.Request) -> int:
@@ -149,10 +183,10 @@ def etag_matches(if_none_match: str | None, etag: str) -> bool:
     return False
 
 
-@routes.get("/features/stats")
-@routes.get("/stats")
+@on_every_board(routes, "GET", "/features/stats", "/stats")
 async def stats(request: web.Request) -> web.Response:
-    view = await core_of(request).stats(await audience_of(request))
+    board = await board_of(request)
+    view = await core_of(request).stats(board, await audience_of(request, board))
     # The ETag names the audience whenever the audiences' bodies differ, so an admin's tag never
     # earns a public reader a 304 (etag_for).
     headers = {"ETag": view.etag, "Cache-Control": "no-cache", **VARY_AUTH}
@@ -201,8 +235,9 @@ def _enum_query(request: web.Request, name: str, kind: type[Sort] | type[Status]
         raise _query_error(name, f"must be one of {allowed}") from None
 
 
-@routes.get("/features")
+@on_every_board(routes, "GET", "/features")
 async def list_features(request: web.Request) -> web.Response:
+    board = await board_of(request)
     sort = Sort(_enum_query(request, "sort", Sort) or Sort.TOP)
     raw_status = _enum_query(request, "status", Status)
     status = Status(raw_status) if raw_status else None
@@ -212,24 +247,35 @@ async def list_features(request: web.Request) -> web.Response:
     cursor = request.query.get("cursor")
     after = decode_cursor(cursor, sort, status) if cursor else None
     page = await core_of(request).features(
-        sort=sort, status=status, limit=int(raw_limit), after=after,
-        audience=await audience_of(request),
+        board,
+        sort=sort,
+        status=status,
+        limit=int(raw_limit),
+        after=after,
+        audience=await audience_of(request, board),
     )
     next_cursor = encode_cursor(sort, status, page.next_key) if page.next_key else None
     return json_response(FeatureList(items=page.items, next_cursor=next_cursor), headers=VARY_AUTH)
 
 
-def _created(feature: Feature, replayed: bool) -> web.Response:
-    headers = {"Location": f"/features/{feature.id}"}
+def board_path(slug: str) -> str:
+    """Where a board's paths start: '' for the default board, else /boards/{slug}."""
+    return "" if slug == MAIN_SLUG else f"/boards/{slug}"
+
+
+def _created(slug: str, feature: Feature, replayed: bool) -> web.Response:
+    headers = {"Location": f"{board_path(slug)}/features/{feature.id}"}
     if replayed:
         headers["Idempotent-Replayed"] = "true"
     return json_response(feature, status=201, headers=headers)
 
 
-@routes.post("/features")
+@on_every_board(routes, "POST", "/features")
 async def create_feature(request: web.Request) -> web.Response:
     core = core_of(request)
-    ticket = await core.admit_proposal(await claims_of(request))
+    claims = await claims_of(request)  # 401 before anything about the board
+    board = await board_of(request)
+    ticket = await core.admit_proposal(board, claims)
     key = request.headers.get("Idempotency-Key")
     if key is not None and not _IDEMPOTENCY_KEY.fullmatch(key):
         raise ApiError(
@@ -238,8 +284,8 @@ async def create_feature(request: web.Request) -> web.Response:
             errors=[ProblemItem(loc="header.Idempotency-Key", msg="invalid")],
         )
     new = await read_body(request, feature_create_decoder)
-    created = await core.propose(ticket, new, key)
-    return _created(created.feature, created.replayed)
+    created = await core.propose(board, ticket, new, key)
+    return _created(board.slug, created.feature, created.replayed)
 
 
 # Digits only, so /features/stats keeps its own methods: PATCH or DELETE on it is a 405 (with
@@ -247,53 +293,62 @@ async def create_feature(request: web.Request) -> web.Response:
 FEATURE_PATH: Final = "/features/{id:[0-9]+}"
 
 
-@routes.get(FEATURE_PATH)
+@on_every_board(routes, "GET", FEATURE_PATH)
 async def get_feature(request: web.Request) -> web.Response:
+    board = await board_of(request)
     fid = feature_id(request)
-    feature = await core_of(request).feature(fid, await audience_of(request))
+    feature = await core_of(request).feature(board, fid, await audience_of(request, board))
     return json_response(feature, headers=VARY_AUTH)
 
 
-@routes.patch(FEATURE_PATH)
+@on_every_board(routes, "PATCH", FEATURE_PATH)
 async def patch_feature(request: web.Request) -> web.Response:
     admin = await claims_of(request, Role.ADMIN)
+    board = await board_of(request)
     fid = feature_id(request)
     patch = await read_body(request, feature_patch_decoder)
-    return json_response(await core_of(request).patch_feature(admin, fid, patch))
+    return json_response(await core_of(request).patch_feature(board, admin, fid, patch))
 
 
-@routes.delete(FEATURE_PATH)
+@on_every_board(routes, "DELETE", FEATURE_PATH)
 async def delete_feature(request: web.Request) -> web.Response:
     admin = await claims_of(request, Role.ADMIN)
-    await core_of(request).delete_feature(admin, feature_id(request))
+    board = await board_of(request)
+    await core_of(request).delete_feature(board, admin, feature_id(request))
     return web.Response(status=204)
 
 
 # --- votes --------------------------------------------------------------------------------------
 
 
-@routes.put("/features/{id}/vote")
-@routes.post("/features/{id}/vote")
+@on_every_board(routes, "PUT", "/features/{id}/vote")
+@on_every_board(routes, "POST", "/features/{id}/vote")
 async def put_vote(request: web.Request) -> web.Response:
-    # token, rate limit, feature id, media type, body, store, metric: a flood is refused before
-    # its id or body is looked at.
+    # token, board, rate limit, feature id, media type, body, store, metric: a flood is
+    # refused before its id or body is looked at.
     core = core_of(request)
-    ticket = await core.admit_vote(await claims_of(request))
+    claims = await claims_of(request)
+    board = await board_of(request)
+    ticket = await core.admit_vote(board, claims)
     fid = feature_id(request)
     vote = await read_body(request, vote_decoder)
-    return json_response(await core.vote(ticket, fid, vote.value))
+    return json_response(await core.vote(board, ticket, fid, vote.value))
 
 
-@routes.delete("/features/{id}/vote")
+@on_every_board(routes, "DELETE", "/features/{id}/vote")
 async def retract_vote(request: web.Request) -> web.Response:
     core = core_of(request)
-    ticket = await core.admit_vote(await claims_of(request))
-    return json_response(await core.retract(ticket, feature_id(request)))
+    claims = await claims_of(request)
+    board = await board_of(request)
+    ticket = await core.admit_vote(board, claims)
+    return json_response(await core.retract(board, ticket, feature_id(request)))
 
 
-@routes.get("/me/votes")
+@on_every_board(routes, "GET", "/me/votes")
 async def my_votes(request: web.Request) -> web.Response:
-    votes = await core_of(request).my_votes(await claims_of(request))
+    claims = await claims_of(request)
+    board = await board_of(request)
+    votes = await core_of(request).my_votes(board, claims)
     return json_response(MyVotes(votes={str(k): v for k, v in votes.items()}))
 
 

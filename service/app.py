@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -12,7 +15,7 @@ from swagger_ui.utils import SWAGGER_UI_PY_ROOT
 
 from . import api, board_api, keys, ops, pages, ws
 from .auth import Tokens
-from .broadcaster import Broadcaster, Limits
+from .broadcaster import Broadcasts, Limits
 from .config import PROJECT_ROOT, Settings
 from .context import request_context
 from .core import Core
@@ -28,10 +31,13 @@ from .ratelimit import (
     trusted_networks,
 )
 from .security import answer_headers, cors_preflight_middleware
-from .store import Store
-from .store.factory import store_from_settings
+from .store import BoardDirectory, Store, StoreUnavailable
+from .store.factory import boards_around, store_from_settings
 
 WEB_ROOT: Final = PROJECT_ROOT / "web"
+IDLE_SWEEP_MIN: Final = 1.0  # seconds between sweeps for idle boards: ttl / 10 within these
+IDLE_SWEEP_MAX: Final = 60.0
+log = logging.getLogger(__name__)
 
 
 def make_store(settings: Settings) -> Store:
@@ -58,9 +64,8 @@ def rate_limits_from_settings(settings: Settings) -> RateLimits:
         vote=Rule("vote", settings.vote_rate, settings.vote_burst),
         create=Rule("create", settings.create_rate, settings.create_burst),
         ws_connect=Rule("ws_connect", settings.ws_connect_rate, settings.ws_connect_burst),
-        auth_failure=Rule(
-            "auth_failure", settings.auth_failure_rate, settings.auth_failure_burst
-        ),
+        auth_failure=Rule("auth_failure", settings.auth_failure_rate, settings.auth_failure_burst),
+        board_create=Rule("board_create", settings.board_create_rate, settings.board_create_burst),
         trusted=trusted_networks(settings.trusted_proxies),
     )
 
@@ -94,21 +99,25 @@ def create_app(
         voter_ttl=settings.voter_token_ttl,
         admin_ttl=settings.admin_token_ttl,
         cache_size=settings.token_cache_size,
+        board_admin_ttl=settings.board_admin_token_ttl,
     )
-    app[keys.STORE] = store if store is not None else make_store(settings)
+    boards = boards_around(store if store is not None else make_store(settings), settings)
+    app[keys.BOARDS] = boards
+    app[keys.STORE] = boards.main
     app[keys.RATE_LIMITS] = rate_limits or rate_limits_from_settings(settings)
     app[keys.CORE] = Core(
-        store=app[keys.STORE],
+        boards=boards,
         tokens=app[keys.TOKENS],
         limits=app[keys.RATE_LIMITS],
         metrics=metrics,
         export_cache_size=settings.export_cache_size,
+        board_creation=settings.board_creation,
     )
     app.cleanup_ctx.append(_close_rate_limits)
-    if store is None:
-        app.cleanup_ctx.append(_open_store)
-    app[keys.BROADCASTER] = Broadcaster(
-        app[keys.STORE],
+    # A given store is the caller's to open and close; its directory's own work (main's join
+    # code, the deletion channel) starts with the app either way.
+    app.cleanup_ctx.append(_open_boards if store is None else _start_boards)
+    app[keys.BROADCASTER] = Broadcasts(
         metrics,
         Limits(
             push_interval=settings.push_interval,
@@ -121,6 +130,7 @@ def create_app(
     )
     app.cleanup_ctx.append(_follow_seq)
     app.cleanup_ctx.append(_run_broadcaster)
+    app.cleanup_ctx.append(_expire_idle_boards)
     app.on_shutdown.append(_start_draining)
     app.on_response_prepare.append(answer_headers(settings.cors_origins))
 
@@ -136,10 +146,16 @@ def create_app(
     return app
 
 
-async def _open_store(app: web.Application) -> AsyncIterator[None]:
-    await app[keys.STORE].start()
+async def _open_boards(app: web.Application) -> AsyncIterator[None]:
+    await app[keys.BOARDS].start()
     yield
-    await app[keys.STORE].close()
+    await app[keys.BOARDS].close()
+
+
+async def _start_boards(app: web.Application) -> AsyncIterator[None]:
+    """For a store the caller owns: the directory's start-up work, but no closing of it."""
+    await app[keys.BOARDS].prepare()
+    yield
 
 
 async def _close_rate_limits(app: web.Application) -> AsyncIterator[None]:
@@ -154,9 +170,37 @@ async def _follow_seq(app: web.Application) -> AsyncIterator[None]:
 
 
 async def _run_broadcaster(app: web.Application) -> AsyncIterator[None]:
-    app[keys.BROADCASTER].start()
+    broadcasts = app[keys.BROADCASTER]
+    # A board deleted here or on another instance: its sockets here close with 1001.
+    stop_following = app[keys.BOARDS].on_deleted(broadcasts.close_board_later)
+    # Every instance serves the default board's screens: its broadcaster is made on demand
+    # like any other, so nothing runs for a board nobody watches.
     yield
-    await app[keys.BROADCASTER].stop()
+    stop_following()
+    await broadcasts.stop()
+
+
+async def _expire_idle_boards(app: web.Application) -> AsyncIterator[None]:
+    """With board_idle_ttl, boards nobody changed for that long are removed (never main)."""
+    ttl = app[keys.SETTINGS].board_idle_ttl
+    task = asyncio.create_task(_sweep_idle(app[keys.BOARDS], ttl)) if ttl > 0 else None
+    yield
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def _sweep_idle(boards: BoardDirectory, ttl: float) -> None:
+    every = min(max(ttl / 10, IDLE_SWEEP_MIN), IDLE_SWEEP_MAX)
+    while True:
+        await asyncio.sleep(every)
+        try:
+            removed = await boards.expire_idle(ttl)
+        except StoreUnavailable:
+            continue
+        if removed:
+            log.info("removed %d board(s) idle for %g s or more", len(removed), ttl)
 
 
 async def _start_draining(app: web.Application) -> None:

@@ -31,6 +31,12 @@ class Claims(msgspec.Struct, frozen=True):
     role: Role
     iat: int
     exp: int
+    # An admin token made for one board (POST /boards) names it; a site admin's names none.
+    board: str | None = None
+
+    def admin_of(self, slug: str) -> bool:
+        """Whether these claims administer the board `slug`."""
+        return self.role is Role.ADMIN and (self.board is None or self.board == slug)
 
 
 class TokenMissing(Exception):
@@ -71,23 +77,37 @@ class Tokens:
         voter_ttl: int,
         admin_ttl: int,
         cache_size: int,
+        board_admin_ttl: int | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._signing_key = secret.keys[0]
         self._signing_kid = key_id(secret.keys[0])
         self._keys = {key_id(k): k for k in secret.keys}
         self._ttl = {Role.VOTER: voter_ttl, Role.ADMIN: admin_ttl}
+        self._board_admin_ttl = admin_ttl if board_admin_ttl is None else board_admin_ttl
         self._cache: OrderedDict[str, Claims] = OrderedDict()
         self._cache_size = cache_size
         self._clock = clock
 
-    def issue(self, role: Role, subject: str | None = None) -> tuple[str, Claims]:
-        """A new token; voters get a random, unguessable id."""
+    def ttl(self, role: Role, board: str | None = None) -> int:
+        """How long a token of this role (an admin's: of one board, or of the site) lives."""
+        return self._board_admin_ttl if role is Role.ADMIN and board else self._ttl[role]
+
+    def issue(
+        self, role: Role, subject: str | None = None, *, board: str | None = None
+    ) -> tuple[str, Claims]:
+        """A new token; voters get a random, unguessable id; `board` makes an admin token
+        that administers that board only."""
+        if board is not None and role is not Role.ADMIN:
+            raise ValueError("only an admin token is made for one board")
         now = int(self._clock())
         sub = subject or secrets.token_urlsafe(VOTER_ID_BYTES)
-        claims = Claims(sub=sub, role=role, iat=now, exp=now + self._ttl[role])
+        claims = Claims(sub=sub, role=role, iat=now, exp=now + self.ttl(role, board), board=board)
+        payload = msgspec.structs.asdict(claims)
+        if board is None:
+            del payload["board"]
         token = jwt.encode(
-            msgspec.structs.asdict(claims),
+            payload,
             self._signing_key,
             algorithm=ALGORITHM,
             headers={"kid": self._signing_kid},
@@ -113,7 +133,7 @@ class Tokens:
             raise TokenInvalid("token has expired")
         # Signed by us, yet living longer than its role allows: minted with a leaked key or by
         # an old build; a lifetime is a promise of the server, not of the token.
-        if claims.exp - claims.iat > self._ttl[claims.role]:
+        if claims.exp - claims.iat > self.ttl(claims.role, claims.board):
             raise TokenInvalid("token lifetime exceeds what its role allows")
         self._cache[token] = claims
         if len(self._cache) > self._cache_size:
@@ -139,6 +159,15 @@ class Tokens:
             raise TokenInvalid("token has expired") from None
         except (jwt.PyJWTError, msgspec.ValidationError, TypeError, ValueError) as exc:
             raise TokenInvalid(f"token is not valid: {exc}") from None
+
+
+def require_admin(claims: Claims, slug: str) -> Claims:
+    """Pass claims through when they administer the board `slug` (a site admin's do)."""
+    if claims.role is not Role.ADMIN:
+        raise Forbidden("this operation needs an admin token")
+    if not claims.admin_of(slug):
+        raise Forbidden("this admin token is for another board")
+    return claims
 
 
 def require_role(claims: Claims, role: Role) -> Claims:

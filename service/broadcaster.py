@@ -46,6 +46,7 @@ class Client:
     ws: web.WebSocketResponse
     sock: RawSocket
     seen: float
+    board: str = ""  # the slug of the board it watches
     seq: int = -1
     behind_since: float | None = None
     audience: Audience = Audience.PUBLIC
@@ -152,7 +153,7 @@ class Broadcaster:
     async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
         """Register a socket and write the current stats to it first, even mid-interval."""
         snapshot = await self._current(Audience.PUBLIC)
-        client = Client(ws, RawSocket(ws, transport), seen=self._clock())
+        client = Client(ws, RawSocket(ws, transport), seen=self._clock(), board=self._store.slug)
         self._clients.add(client)
         self._metrics.ws_clients.inc()
         self._write(client, snapshot, self._clock())
@@ -208,6 +209,13 @@ class Broadcaster:
     @property
     def clients(self) -> int:
         return len(self._clients)
+
+    @property
+    def store(self) -> Store:
+        return self._store
+
+    def sockets(self) -> list[Client]:
+        return list(self._clients)
 
     # --- pushing ------------------------------------------------------------------------------
 
@@ -344,3 +352,125 @@ class Broadcaster:
             )
         except (TimeoutError, ConnectionError):
             client.sock.abort()
+
+
+@dataclass(eq=False, slots=True)
+class _Board:
+    caster: Broadcaster
+    joining: int = 0  # sockets between the look-up and their registration (add awaits)
+
+
+class Broadcasts:
+    """The broadcasters of one instance, one per board with sockets here: made (and subscribed
+    to its board's changes) on the board's first socket, stopped after its last. A change on
+    one board is encoded once per audience and written to that board's sockets only; a board
+    deleted (here or on another instance) gets its sockets closed with 1001."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        limits: Limits,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
+        self._metrics = metrics
+        self._limits = limits
+        self._clock = clock
+        self._wall = wall
+        self._boards: dict[str, _Board] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._open = True
+        metrics.board_sockets.source = self.socket_counts
+
+    def socket_counts(self) -> list[int]:
+        return [b.caster.clients for b in self._boards.values() if b.caster.clients]
+
+    @property
+    def clients(self) -> int:
+        return sum(b.caster.clients for b in self._boards.values())
+
+    def sockets(self) -> list[Client]:
+        """Every registered socket of every board (for inspection)."""
+        return [c for b in self._boards.values() for c in b.caster.sockets()]
+
+    def caster(self, slug: str) -> Broadcaster | None:
+        """The board's broadcaster while it has sockets here."""
+        board = self._boards.get(slug)
+        return board.caster if board is not None else None
+
+    async def add(
+        self, store: Store, ws: web.WebSocketResponse, transport: asyncio.Transport
+    ) -> Client:
+        """Register a socket on its board (starting the board's broadcaster if it is the first)
+        and write the board's current stats to it."""
+        if not self._open:
+            raise ConnectionResetError("the instance is shutting down")
+        board = self._boards.get(store.slug)
+        if board is None or board.caster.store is not store:
+            if board is not None:  # a board deleted and looked up again: never the same store
+                self._retire(store.slug)
+            caster = Broadcaster(store, self._metrics, self._limits, self._clock, self._wall)
+            caster.start()
+            board = self._boards[store.slug] = _Board(caster)
+        board.joining += 1
+        try:
+            return await board.caster.add(ws, transport)
+        finally:
+            board.joining -= 1
+            self._stop_if_empty(store.slug, board)
+
+    def remove(self, client: Client) -> None:
+        board = self._boards.get(client.board)
+        if board is None:  # its board was closed (deleted, or shutdown): already gone
+            self._metrics.ws_clients.dec()
+            return
+        board.caster.remove(client)
+        self._stop_if_empty(client.board, board)
+
+    def heard(self, client: Client) -> None:
+        """The peer sent something (a message or a pong): it is alive."""
+        client.seen = self._clock()
+
+    async def promote(self, client: Client, until: float = NEVER) -> None:
+        board = self._boards.get(client.board)
+        if board is not None:
+            await board.caster.promote(client, until=until)
+
+    def _stop_if_empty(self, slug: str, board: _Board) -> None:
+        if board.caster.clients == 0 and board.joining == 0 and self._boards.get(slug) is board:
+            self._retire(slug)
+
+    def _retire(self, slug: str) -> None:
+        board = self._boards.pop(slug)
+        task = asyncio.create_task(board.caster.stop())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def close_board(self, slug: str, code: int, message: bytes) -> None:
+        """Close one board's sockets (its board was deleted) and stop its broadcaster."""
+        board = self._boards.pop(slug, None)
+        if board is not None:
+            await board.caster.close_all(code, message)
+            await board.caster.stop()
+
+    def close_board_later(self, slug: str) -> None:
+        """A board was deleted: its sockets get 1001 (the deletion listener; not a coroutine)."""
+        if slug in self._boards:
+            task = asyncio.create_task(
+                self.close_board(slug, WSCloseCode.GOING_AWAY, b"board deleted")
+            )
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def close_all(self, code: int, message: bytes) -> None:
+        """Close every socket of every board (1001 on shutdown); no new ones are taken."""
+        self._open = False
+        await asyncio.gather(*(b.caster.close_all(code, message) for b in self._boards.values()))
+
+    async def stop(self) -> None:
+        self._open = False
+        boards = list(self._boards.values())
+        self._boards.clear()
+        await asyncio.gather(*(b.caster.stop() for b in boards))
+        if self._stopping:
+            await asyncio.gather(*self._stopping, return_exceptions=True)

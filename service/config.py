@@ -88,9 +88,15 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     allowed_origins: tuple[str, ...] = ()
     top_n: Annotated[int, msgspec.Meta(ge=1, le=200)] = 20
     max_features: PositiveInt = 1000
+    # Boards (ADR-012): how many a deployment holds, who may make one, and how long one nobody
+    # changes lives (0: for ever; main is never removed).
+    max_boards: PositiveInt = 10_000
+    board_creation: Annotated[str, msgspec.Meta(pattern=r"^(anyone|admin)\Z")] = "anyone"
+    board_idle_ttl: NonNegativeFloat = 0.0
     export_cache_size: NonNegativeInt = 8
     voter_token_ttl: PositiveInt = 30 * 24 * 3600
     admin_token_ttl: PositiveInt = 12 * 3600
+    board_admin_token_ttl: PositiveInt = 30 * 24 * 3600  # a presenter's laptop keeps it
     token_cache_size: PositiveInt = 10_000
     max_body_size: Annotated[int, msgspec.Meta(ge=1024)] = 64 * 1024
     idempotency_ttl: PositiveInt = 24 * 3600
@@ -119,6 +125,8 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     vote_burst: NonNegativeInt = 20
     create_rate: NonNegativeFloat = 10.0
     create_burst: NonNegativeInt = 5
+    board_create_rate: NonNegativeFloat = 10.0
+    board_create_burst: NonNegativeInt = 5
     # The same room's screens: 1,000 sockets within 30 s, retrying on live.js's backoff (ADR-011).
     ws_connect_rate: NonNegativeFloat = 3600.0
     ws_connect_burst: NonNegativeInt = 200

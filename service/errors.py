@@ -16,10 +16,12 @@ from .auth import Forbidden, TokenInvalid, TokenMissing
 from .ratelimit import LimiterUnavailable, RateLimited
 from .schemas import Problem, ProblemItem, encoder
 from .store import (
+    BoardKept,
     FeatureClosed,
     IdempotencyConflict,
     NotFound,
     StoreUnavailable,
+    TooManyBoards,
     TooManyFeatures,
     VotingClosed,
 )
@@ -41,6 +43,8 @@ DOMAIN_ERRORS: Final[Mapping[type[Exception], tuple[int, Mapping[str, str]]]] = 
     FeatureClosed: (409, {}),
     VotingClosed: (409, {}),
     TooManyFeatures: (409, {}),
+    TooManyBoards: (409, {}),
+    BoardKept: (409, {}),
     IdempotencyConflict: (422, {}),
     StoreUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),
     LimiterUnavailable: (503, {"Retry-After": RETRY_AFTER_SECONDS}),

@@ -7,20 +7,21 @@ from typing import Final
 from aiohttp import web
 
 from .auth import Tokens
-from .broadcaster import Broadcaster
+from .broadcaster import Broadcasts
 from .config import Settings
 from .core import Core
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .ratelimit import RateLimits
-from .store import Store
+from .store import BoardDirectory, Store
 
 SETTINGS: Final = web.AppKey("settings", Settings)
-STORE: Final = web.AppKey("store", Store)
+STORE: Final = web.AppKey("store", Store)  # the default board's
+BOARDS: Final = web.AppKey("boards", BoardDirectory)
 TOKENS: Final = web.AppKey("tokens", Tokens)
 METRICS: Final = web.AppKey("metrics", Metrics)
 LIFECYCLE: Final = web.AppKey("lifecycle", Lifecycle)
-BROADCASTER: Final = web.AppKey("broadcaster", Broadcaster)
+BROADCASTER: Final = web.AppKey("broadcaster", Broadcasts)
 RATE_LIMITS: Final = web.AppKey("rate_limits", RateLimits)
 OPENAPI_BODY: Final = web.AppKey("openapi_body", bytes)
 CORE: Final = web.AppKey("core", Core)

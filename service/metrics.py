@@ -8,9 +8,12 @@ and then kept in a plain dict, so a request costs one dict lookup, never a `.lab
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from typing import Final, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 LATENCY_BUCKETS: Final = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 UNMATCHED_ROUTE: Final = "unmatched"
@@ -64,6 +67,31 @@ class HttpMetrics:
         latency.observe(seconds)
 
 
+BOARD_SOCKET_BUCKETS: Final = (1, 5, 10, 50, 100, 500, 1000, 5000, 10000)
+
+
+class BoardSockets(Collector):
+    """fv_ws_board_sockets: how many boards have how many open sockets on this instance,
+    collected at scrape time (prometheus_client's documented custom-collector interface)."""
+
+    def __init__(self) -> None:
+        self.source: Callable[[], Iterable[int]] = tuple
+
+    def collect(self) -> Iterator[HistogramMetricFamily]:
+        counts = list(self.source())
+        buckets = [
+            (str(bound), float(sum(1 for n in counts if n <= bound)))
+            for bound in BOARD_SOCKET_BUCKETS
+        ]
+        buckets.append(("+Inf", float(len(counts))))
+        yield HistogramMetricFamily(
+            "fv_ws_board_sockets",
+            "Open WebSocket connections per board with any (one observation per board)",
+            buckets=buckets,
+            sum_value=float(sum(counts)),
+        )
+
+
 class Metrics:
     """Requests by route and status, request latency, votes, features and WebSockets."""
 
@@ -79,7 +107,20 @@ class Metrics:
         self.features_created = self.features.labels("create")
         self.features_updated = self.features.labels("update")
         self.features_deleted = self.features.labels("delete")
+        # (the default board's)
         self.seq = Gauge("fv_store_seq", "Last change sequence seen", registry=registry)
+        boards = Counter(
+            "fv_boards_changes", "Boards created and deleted", ["action"], registry=registry
+        )
+        self.boards_created = boards.labels("create")
+        self.boards_deleted = boards.labels("delete")
+        self.boards = Gauge(
+            "fv_boards", "Boards of the deployment (set at each scrape)", registry=registry
+        )
+        # Sockets per board without a label per board (cardinality): a histogram of the live
+        # boards' socket counts, made at each scrape from the broadcasters (BoardSockets).
+        self.board_sockets = BoardSockets()
+        registry.register(self.board_sockets)
         self.ws_pushes = Counter(
             "fv_ws_pushes", "Stats messages encoded and pushed", registry=registry
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from http import HTTPStatus
 from typing import Any, Final
 
@@ -13,11 +13,17 @@ from . import __version__
 from .schemas import (
     CURSOR_PATTERN,
     IDEMPOTENCY_KEY_MAX,
+    JOIN_CODE_ALPHABET,
+    JOIN_CODE_LENGTH,
     PAGE_DEFAULT,
     PAGE_MAX,
     REQUEST_TYPES,
     RESPONSE_TYPES,
+    SLUG_PATTERN,
     Board,
+    BoardCreate,
+    BoardCreated,
+    BoardList,
     BoardPatch,
     Feature,
     FeatureCreate,
@@ -295,9 +301,110 @@ OPERATIONS: Final[list[Op]] = [
     Op("get", "/openapi.json", "This document", 200, media="application/json"),
     Op("get", "/docs", "Swagger UI for this document", 200, media="text/html"),
     Op("get", "/", "The live dashboard page", 200, media="text/html"),
-    Op("get", "/present", "The shared-screen presenter page with a join QR code", 200,
-       media="text/html"),
+    Op(
+        "get",
+        "/present",
+        "The shared-screen presenter page with a join QR code",
+        200,
+        media="text/html",
+    ),
 ]
+
+
+SLUG_PARAM: Final = {
+    "name": "slug",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^({SLUG_PATTERN})$"},
+    "description": "The board: `main` (the default board) or the slug POST /boards made.",
+}
+CODE_PARAM: Final = {
+    "name": "code",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": (
+        f"A join code: {JOIN_CODE_LENGTH} of {JOIN_CODE_ALPHABET}, in any case (spaces and "
+        "dashes ignored)."
+    ),
+}
+# The default board's paths that every board also answers under /boards/{slug} (ADR-012).
+BOARD_PATHS: Final = {
+    "/features": "/features",
+    "/features/stats": "/features/stats",
+    "/stats": "/stats",
+    "/features/{id}": "/features/{id}",
+    "/features/{id}/vote": "/features/{id}/vote",
+    "/me/votes": "/me/votes",
+    "/board": "",
+    "/board/reset": "/reset",
+    "/rounds": "/rounds",
+    "/rounds/{n}": "/rounds/{n}",
+    "/export.json": "/export.json",
+    "/export.csv": "/export.csv",
+    "/ws": "/ws",
+}
+
+
+def _on_board(op: Op) -> Op:
+    """The same operation on any board, under /boards/{slug}; an unknown board is 404."""
+    headers = {k: v.replace("/features", "/boards/{slug}/features") for k, v in op.headers.items()}
+    return replace(
+        op,
+        path="/boards/{slug}" + BOARD_PATHS[op.path],
+        summary=op.summary + " (on one board)",
+        errors=tuple(sorted({*op.errors, 404})),
+        params=(SLUG_PARAM, *op.params),
+        headers=headers,
+    )
+
+
+BOARD_OPERATIONS: Final[list[Op]] = [
+    Op(
+        "post",
+        "/boards",
+        "Make a board: its join code, and the admin token of that board only",
+        201,
+        BoardCreated,
+        request=BoardCreate,
+        errors=(401, 403, 409, 429, 503),  # 409: max_boards; 401/403: board_creation = admin
+        headers={"Location": "/boards/{slug}"},
+        description=(
+            "Anyone may, within a per-address rate limit (board_create_rate); with "
+            'board_creation = "admin" only a site admin token. The admin_token is shown once.'
+        ),
+    ),
+    Op(
+        "get",
+        "/boards",
+        "Every board (site admins only: knowing a slug or a code is what lets one in)",
+        200,
+        BoardList,
+        auth="admin",
+        errors=(403, 422, 503),
+        params=tuple(p for p in LIST_PARAMS if p["name"] in ("limit", "cursor")),
+    ),
+    Op(
+        "delete",
+        "/boards/{slug}",
+        "Delete a board with its features, votes and rounds; its sockets close with 1001",
+        204,
+        auth="admin",
+        errors=(403, 404, 409, 503),  # 409: main
+        params=(SLUG_PARAM,),
+    ),
+    Op(
+        "get",
+        "/boards/by-code/{code}",
+        "The board a join code names",
+        200,
+        Board,
+        errors=(404, 503),
+        params=(CODE_PARAM,),
+    ),
+]
+OPERATIONS.extend(_on_board(op) for op in list(OPERATIONS) if op.path in BOARD_PATHS)
+OPERATIONS.extend(BOARD_OPERATIONS)
 
 
 def _problem(status: int) -> dict[str, Any]:
@@ -359,7 +466,10 @@ def _operation(op: Op) -> dict[str, Any]:
     if op.auth is not None:
         out["security"] = [{"bearer": []}]
         if op.auth == "admin":
-            out["description"] = "Needs an admin token (python -m service token --admin)."
+            out["description"] = (
+                "Needs an admin token of this board: a site admin's (python -m service token "
+                "--admin) or the one POST /boards gave for it; another board's is 403."
+            )
     return out
 
 

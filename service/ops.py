@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 import aiohttp_jinja2
@@ -39,7 +40,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 @routes.get("/metrics")
 async def metrics(request: web.Request) -> web.Response:
-    body = generate_latest(request.app[keys.METRICS].registry)
+    instance = request.app[keys.METRICS]
+    with contextlib.suppress(StoreUnavailable):  # the rest of the scrape still answers
+        instance.boards.set(await request.app[keys.CORE].boards.count())
+    body = generate_latest(instance.registry)
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 

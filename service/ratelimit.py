@@ -199,6 +199,7 @@ class RateLimits:
     create: Rule
     ws_connect: Rule
     auth_failure: Rule = Rule("auth_failure", 0.0, 0)  # failed token verifications per address
+    board_create: Rule = Rule("board_create", 0.0, 0)  # new boards per address
     trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     def address(self, remote: str | None, forwarded_for: str | None) -> str:

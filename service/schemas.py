@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 import unicodedata
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Final, Literal
 
 import msgspec
@@ -168,16 +168,51 @@ class MyVotes(msgspec.Struct, frozen=True):
     votes: dict[str, CastVote]
 
 
+MAIN_SLUG: Final = "main"  # the default board: the paths without /boards/{slug} are its own
+EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+# A board's slug: "main", or what the server made (base32, lower case: 80 random bits).
+SLUG_PATTERN: Final = r"[a-z2-7]{16}|main"
+# Join codes: 6 characters of an alphabet with no 0/O, 1/I/L; typed in any case.
+JOIN_CODE_ALPHABET: Final = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"
+JOIN_CODE_LENGTH: Final = 6
+
+
 class Board(msgspec.Struct, frozen=True):
-    """The presenter's controls: what the board is called, its round, lock and reveal."""
+    """One room: what it is called, its round, lock and reveal, and how people find it."""
 
     title: str
     round: int
     voting_open: bool
     results_hidden: bool
+    slug: str = MAIN_SLUG
+    join_code: Annotated[
+        str, msgspec.Meta(description=f"{JOIN_CODE_LENGTH} characters of {JOIN_CODE_ALPHABET}")
+    ] = ""
+    created_at: datetime = EPOCH
 
 
 DEFAULT_BOARD: Final = Board(DEFAULT_BOARD_TITLE, 1, voting_open=True, results_hidden=False)
+
+
+class BoardCreate(msgspec.Struct, forbid_unknown_fields=True):
+    """Body of POST /boards."""
+
+    title: Title
+
+    def __post_init__(self) -> None:
+        self.title = _check_text(self.title, "title", 1, TITLE_MAX)
+
+
+class BoardCreated(msgspec.Struct, frozen=True):
+    """The new board and its admin token: shown once, kept by the creator's browser."""
+
+    board: Board
+    admin_token: str
+
+
+class BoardList(msgspec.Struct, frozen=True):
+    items: list[Board]
+    next_cursor: str | None
 
 
 class Stats(msgspec.Struct, frozen=True):
@@ -299,6 +334,7 @@ feature_create_decoder: Final = msgspec.json.Decoder(FeatureCreate)
 feature_patch_decoder: Final = msgspec.json.Decoder(FeaturePatch)
 vote_decoder: Final = msgspec.json.Decoder(VoteIn)
 board_patch_decoder: Final = msgspec.json.Decoder(BoardPatch)
+board_create_decoder: Final = msgspec.json.Decoder(BoardCreate)
 client_message_decoder: Final = msgspec.json.Decoder(Ping | Auth)
 
 RESPONSE_TYPES: Final = (
@@ -313,5 +349,7 @@ RESPONSE_TYPES: Final = (
     Board,
     RoundList,
     Standings,
+    BoardCreated,
+    BoardList,
 )
-REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn, BoardPatch)
+REQUEST_TYPES: Final = (FeatureCreate, FeaturePatch, VoteIn, BoardPatch, BoardCreate)

@@ -22,9 +22,9 @@ import msgspec
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from . import keys
-from .api import client_of, core_of
-from .auth import Role, TokenInvalid
-from .broadcaster import Broadcaster, Client
+from .api import BOARD_PREFIX, board_of, client_of, core_of
+from .auth import TokenInvalid
+from .broadcaster import Broadcasts, Client
 from .core import Core
 from .errors import ApiError
 from .ratelimit import LimiterUnavailable, RateLimited
@@ -72,14 +72,15 @@ def _error(detail: str) -> bytes:
 
 
 async def authenticate(
-    core: Core, address: str, broadcaster: Broadcaster, client: Client, auth: Auth
+    core: Core, address: str, broadcaster: Broadcasts, client: Client, auth: Auth
 ) -> tuple[bytes | None, bool]:
-    """An admin token turns the socket into an admin one until the token expires (the
-    broadcaster acks); else an error. The flag says whether this counts as a failed attempt."""
+    """An admin token of this board (or a site admin's) turns the socket into an admin one
+    until the token expires (the broadcaster acks); else an error. The flag says whether this
+    counts as a failed attempt."""
     try:
         claims = await core.verify(auth.token, address)
-        if claims.role is not Role.ADMIN:
-            return _error("auth: only an admin token changes what is pushed"), False
+        if not claims.admin_of(client.board):
+            return _error("auth: only an admin token of this board changes what is pushed"), False
         await broadcaster.promote(client, until=claims.exp)
     except RateLimited as exc:  # the address is over its auth_failure budget: not checked
         return _error(
@@ -94,10 +95,12 @@ async def authenticate(
 
 
 @routes.get("/ws")
+@routes.get(BOARD_PREFIX + "/ws")
 async def websocket(request: web.Request) -> web.WebSocketResponse:
     settings = request.app[keys.SETTINGS]
     if not origin_allowed(request, settings.allowed_origins):
         raise ApiError(403, "this Origin may not open /ws (see allowed_origins)")
+    board = await board_of(request)
     core = core_of(request)
     address = client_of(request)
     await core.admit_socket(address)
@@ -117,9 +120,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     cap_send_buffer(transport, settings.ws_send_buffer)
     broadcaster = request.app[keys.BROADCASTER]
     try:
-        client = await broadcaster.add(ws, transport)
+        client = await broadcaster.add(board, ws, transport)
     except StoreUnavailable:  # upgraded already: answer in WebSocket terms, not HTTP
         await ws.close(code=WSCloseCode.TRY_AGAIN_LATER, message=b"store unavailable")
+        return ws
+    except ConnectionResetError:  # the instance started shutting down meanwhile
+        await ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutdown")
         return ws
     failures = 0
     try:

@@ -21,7 +21,7 @@ from . import log_capture
 TEST_SECRET = "test-secret-that-is-long-enough-0001"
 NO_RATE_LIMITS: dict[str, Any] = {
     "token_rate": 0.0, "vote_rate": 0.0, "create_rate": 0.0, "ws_connect_rate": 0.0,
-    "auth_failure_rate": 0.0,
+    "auth_failure_rate": 0.0, "board_create_rate": 0.0,
 }
 AiohttpClient = Callable[..., Awaitable[TestClient[web.Request, web.Application]]]
 Client = TestClient[web.Request, web.Application]

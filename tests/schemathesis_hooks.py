@@ -15,7 +15,8 @@ from typing import Any
 import schemathesis
 
 from service.api import encode_cursor
-from service.schemas import CURSOR_PATTERN, IDEMPOTENCY_KEY_MAX, Sort, Status
+from service.board_api import encode_board_cursor
+from service.schemas import CURSOR_PATTERN, IDEMPOTENCY_KEY_MAX, MAIN_SLUG, Sort, Status
 from service.store.base import KEY_LENGTH
 
 _KEY_COUNTER = itertools.count()
@@ -63,12 +64,22 @@ def map_case(ctx: schemathesis.HookContext, case: Any) -> Any:
     if operation is None:
         return case
     target = (operation.method.upper(), operation.path)
-    if target == ("GET", "/features") and isinstance(case.query, dict):
+    if target in (("GET", "/features"), ("GET", "/boards/{slug}/features")) and isinstance(
+        case.query, dict
+    ):
         _map_list_query(case.query)
-    elif target == ("POST", "/features") and case.headers is not None:  # CaseInsensitiveDict
+    elif (
+        target in (("POST", "/features"), ("POST", "/boards/{slug}/features"))
+        and case.headers is not None  # a CaseInsensitiveDict
+    ):
         key = case.headers.get("Idempotency-Key")
         if isinstance(key, str) and IDEMPOTENCY_KEY.fullmatch(key):
             case.headers["Idempotency-Key"] = fresh_key(key)
+    elif target == ("GET", "/boards") and isinstance(case.query, dict):
+        cursor = case.query.get("cursor")
+        if isinstance(cursor, str) and cursor and re.fullmatch(CURSOR_PATTERN, cursor):
+            # A board listing's cursor is opaque too: one the server made (after main).
+            case.query["cursor"] = encode_board_cursor(MAIN_SLUG)
     return case
 
 

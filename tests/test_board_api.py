@@ -10,6 +10,7 @@ import asyncio
 import csv
 import io
 import json
+import re
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
@@ -120,25 +121,35 @@ async def walk(client: Client, sort: str, headers: Auth | None = None) -> list[i
         query = f"sort={sort}&limit=1&cursor={page['next_cursor']}"
 
 
+def controls(board: dict[str, Any]) -> dict[str, Any]:
+    """A board's JSON without what names it (slug, join code, created_at)."""
+    return {k: v for k, v in board.items() if k not in ("slug", "join_code", "created_at")}
+
+
 # --- GET/PATCH /board ---------------------------------------------------------------------------
 
 
 async def test_get_board_defaults(client: Client) -> None:
     resp = await client.get("/board")
     assert resp.content_type == JSON
-    assert await ok(resp) == {
+    board = await ok(resp)
+    assert controls(board) == {
         "title": DEFAULT_BOARD.title,
         "round": 1,
         "voting_open": True,
         "results_hidden": False,
     }
+    # What names it (ADR-012): the default board's slug, a join code, when it was made.
+    assert board["slug"] == "main"
+    assert re.fullmatch(r"[ABCDEFGHJKMNPQRSTUVWXYZ2-9]{6}", board["join_code"])
+    assert board["created_at"].endswith("Z")
 
 
 async def test_patch_board_fields_and_stats_carry_the_board(client: Client, admin: Auth) -> None:
     before = (await get_json(client, "/stats"))["seq"]
     board = await patch_board(client, admin, title="  Sprint 12  ", voting_open=False)
-    assert board == {"title": "Sprint 12", "round": 1, "voting_open": False,
-                     "results_hidden": False}
+    assert controls(board) == {"title": "Sprint 12", "round": 1, "voting_open": False,
+                               "results_hidden": False}
     assert await get_json(client, "/board") == board
     stats = await get_json(client, "/features/stats")
     assert stats["board"] == board
@@ -159,7 +170,7 @@ async def test_admin_board_operations_refuse_others(
     assert resp.headers["WWW-Authenticate"].startswith("Bearer")
     await problem(await client.request(method, path, json=body, headers=bearer("forged")), 401)
     await problem(await client.request(method, path, json=body, headers=voter), 403)
-    assert await get_json(client, "/board") == {
+    assert controls(await get_json(client, "/board")) == {
         "title": DEFAULT_BOARD.title, "round": 1, "voting_open": True, "results_hidden": False
     }
 
@@ -346,7 +357,7 @@ async def test_reset_archives_the_standings_and_starts_a_new_round(
 
     board = await ok(await client.post("/board/reset", headers=admin))
 
-    assert board == {"title": DEFAULT_BOARD.title, "round": 2, "voting_open": False,
+    assert controls(board) == {"title": DEFAULT_BOARD.title, "round": 2, "voting_open": False,
                      "results_hidden": False}
     stats = await get_json(client, "/stats")
     assert stats["seq"] > before["seq"] and stats["board"] == board

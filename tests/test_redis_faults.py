@@ -223,7 +223,7 @@ async def test_change_missed_by_the_subscription_is_pushed_after_resync(
         async with instance(aiohttp_client, server.url) as (client, store_a):
             other = TestRedisStore(server.url, prefix=store_a.prefix)  # "instance B"
             admin_redis = aioredis.Redis(port=server.port)
-            channel = store_a.prefix + "changes"
+            channel = store_a.channel  # the default board's change channel
 
             async def subscribers() -> int:
                 found = await admin_redis.pubsub_numsub(channel)

@@ -195,6 +195,7 @@ async def test_a_board_stored_before_the_new_rankings_gets_them_at_start() -> No
 
     from service.schemas import FeatureCreate
     from service.store import Audience
+    from service.store.redis import board_prefix
 
     from .redis_support import TestRedisStore
 
@@ -212,8 +213,9 @@ async def test_a_board_stored_before_the_new_rankings_gets_them_at_start() -> No
             for sort in (Sort.WILSON, Sort.CONTROVERSIAL)
         }
         client = redis.Redis.from_url(store.url)
+        keys = board_prefix(store.prefix, "main")  # the default board's keys (ADR-012)
         old = [k for k in client.scan_iter(match=store.prefix + "*")
-               if k.decode().removeprefix(store.prefix).split(":")[0]
+               if k.decode().removeprefix(keys).split(":")[0]
                in ("wilson", "controversial", "layout")]
         assert old
         client.delete(*old)  # as the keys were before this version

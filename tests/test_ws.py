@@ -564,7 +564,7 @@ async def test_ws_send_buffer_fixes_the_kernel_send_buffer(
     client = await aiohttp_client(app)
     async with client.ws_connect("/ws") as ws:
         assert (await receive_json(ws))["type"] == "stats"
-        (registered,) = app[BROADCASTER]._clients  # the server's side of this connection
+        (registered,) = app[BROADCASTER].sockets()  # the server's side of this connection
         sock = registered.transport.get_extra_info("socket")
         # Linux doubles the value for its bookkeeping; autotuning would start far lower (16 KiB)
         # and grow to megabytes under a client that does not read.
@@ -736,6 +736,9 @@ async def test_snapshot_is_current_even_inside_the_push_interval(
     fid = (await create_feature(client, admin))["id"]
     voter = await new_voter(client)
     value, exercised = 1, 0
+    # A board's broadcaster runs while the board has sockets: this one keeps it running.
+    watcher = await client.ws_connect("/ws")
+    await receive_json(watcher)
     for _ in range(20):
         pushes_before = await pushes_total(client)
         await vote(client, voter, fid, value)
@@ -750,6 +753,7 @@ async def test_snapshot_is_current_even_inside_the_push_interval(
         assert without_generated_at(first["stats"]) == without_generated_at(now)
         if exercised == 2:
             break
+    await watcher.close()
     assert exercised == 2, "no connect landed while a change waited out push_interval"
 
 

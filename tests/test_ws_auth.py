@@ -131,7 +131,7 @@ def _server_stuck_writing(app: web.Application) -> bool:
     return any(
         c.transport.get_write_buffer_size() > c.transport.get_write_buffer_limits()[1]
         and not c.transport.is_reading()
-        for c in app[BROADCASTER]._clients
+        for c in app[BROADCASTER].sockets()
     )
 
 

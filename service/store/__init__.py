@@ -1,12 +1,25 @@
 """Stores: the interface, the in-memory backend and the domain errors."""
 
-from .base import Audience, Created, CursorKey, Page, StatsView, Store, etag_for, sort_key
+from .base import (
+    Audience,
+    BoardDirectory,
+    Created,
+    CursorKey,
+    Page,
+    StatsView,
+    Store,
+    etag_for,
+    sort_key,
+)
 from .errors import (
+    BoardKept,
+    BoardNotFound,
     FeatureClosed,
     IdempotencyConflict,
     NotFound,
     StoreError,
     StoreUnavailable,
+    TooManyBoards,
     TooManyFeatures,
     VotingClosed,
 )
@@ -14,6 +27,9 @@ from .memory import MemoryStore
 
 __all__ = [
     "Audience",
+    "BoardDirectory",
+    "BoardKept",
+    "BoardNotFound",
     "Created",
     "CursorKey",
     "FeatureClosed",
@@ -25,6 +41,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoreUnavailable",
+    "TooManyBoards",
     "TooManyFeatures",
     "VotingClosed",
     "etag_for",

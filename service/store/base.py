@@ -5,10 +5,16 @@ from __future__ import annotations
 import abc
 import enum
 import math
+import secrets
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final, NamedTuple
 
 from ..schemas import (
+    EPOCH,
+    JOIN_CODE_ALPHABET,
+    JOIN_CODE_LENGTH,
+    MAIN_SLUG,
     Board,
     BoardPatch,
     CastVote,
@@ -124,8 +130,40 @@ def etag_for(seq: int, audience: Audience | None = None) -> str:
     return f'W/"{seq}"' if audience is None else f'W/"{seq}-{audience.value}"'
 
 
+class Identity(NamedTuple):
+    """What names a board and never changes: its slug, join code and when it was made."""
+
+    slug: str = MAIN_SLUG
+    join_code: str = ""
+    created_at: datetime = EPOCH
+
+
+MAIN: Final = Identity()
+SLUG_BYTES: Final = 10  # 80 random bits: 16 characters of base32
+
+
+def new_slug() -> str:
+    """A server-made, unguessable slug: 16 characters of lower-case base32."""
+    alphabet = "abcdefghijklmnopqrstuvwxyz234567"
+    n = int.from_bytes(secrets.token_bytes(SLUG_BYTES))
+    return "".join(alphabet[(n >> (5 * i)) & 31] for i in range(SLUG_BYTES * 8 // 5))
+
+
+def new_join_code() -> str:
+    return "".join(secrets.choice(JOIN_CODE_ALPHABET) for _ in range(JOIN_CODE_LENGTH))
+
+
+def normal_join_code(code: str) -> str | None:
+    """A typed code as stored (upper case, no spaces or dashes), or None when it cannot be one."""
+    code = code.strip().replace(" ", "").replace("-", "").upper()
+    if len(code) != JOIN_CODE_LENGTH or any(c not in JOIN_CODE_ALPHABET for c in code):
+        return None
+    return code
+
+
 class Store(abc.ABC):
-    """Features, one vote per (voter, feature), the board, and cached stats; mutations atomic.
+    """One board: its features, one vote per (voter, feature), its controls and cached stats;
+    every mutation atomic. A BoardDirectory hands out one Store per board.
 
     Reads that carry vote counts take the reader's audience: while the board's results are
     hidden, a PUBLIC reader gets counts as null and ranked orders by id, decided from the same
@@ -230,3 +268,89 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
         """Call listener(seq) after every change; returns the unsubscribe function."""
+
+    identity: Identity = MAIN
+
+    @property
+    def slug(self) -> str:
+        return self.identity.slug
+
+
+DeletionListener = Callable[[str], None]
+DEFAULT_MAX_BOARDS: Final = 10_000
+
+
+class BoardPage(NamedTuple):
+    items: list[Board]
+    next_after: str | None  # the slug to go on after, when there are more
+
+
+class BoardDirectory(abc.ABC):
+    """Every board of a deployment, each a Store of its own (its own lock, seq and channel).
+
+    `main` always exists and cannot be deleted. Looking a board up is what every request on it
+    does first, so `get` costs a dictionary look-up once a board is known to this instance.
+    """
+
+    @property
+    @abc.abstractmethod
+    def main(self) -> Store: ...
+
+    @abc.abstractmethod
+    async def get(self, slug: str) -> Store:
+        """The board's store; BoardNotFound for a slug no live board has."""
+
+    @abc.abstractmethod
+    async def by_code(self, code: str) -> Store:
+        """The board whose join code this is (already normalised); BoardNotFound else."""
+
+    @abc.abstractmethod
+    async def create(self, title: str) -> Store:
+        """A new board with a fresh slug and a join code unique among live boards;
+        TooManyBoards at max_boards."""
+
+    @abc.abstractmethod
+    async def delete(self, slug: str) -> None:
+        """Remove a board with everything on it; BoardKept for main, BoardNotFound for none.
+        Deletion listeners are called (on every instance) with the slug."""
+
+    @abc.abstractmethod
+    async def listing(self, *, limit: int, after: str | None) -> BoardPage:
+        """Boards in the order they were made (main first)."""
+
+    @abc.abstractmethod
+    async def count(self) -> int: ...
+
+    @abc.abstractmethod
+    async def expire_idle(self, idle_for: float) -> list[str]:
+        """Delete the boards (never main) with no change for `idle_for` seconds; their slugs."""
+
+    def __init__(self) -> None:
+        self._deletion_listeners: list[DeletionListener] = []
+
+    def on_deleted(self, listener: DeletionListener) -> Callable[[], None]:
+        """Call listener(slug) when a board is deleted here or on another instance."""
+        self._deletion_listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._deletion_listeners:
+                self._deletion_listeners.remove(listener)
+
+        return unsubscribe
+
+    def _announce_deleted(self, slug: str) -> None:
+        for listener in tuple(self._deletion_listeners):  # a listener may unsubscribe itself
+            listener(slug)
+
+    async def start(self) -> None:
+        """Connect, start background work, and prepare() the stored boards."""
+        await self.prepare()
+
+    async def prepare(self) -> None:  # noqa: B027 - optional hook
+        """Bring what is stored to this version's layout (on a store that is already open)."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; default: nothing."""
+
+    async def ping(self) -> None:
+        await self.main.ping()

@@ -29,3 +29,15 @@ class TooManyFeatures(StoreError):
 
 class VotingClosed(StoreError):
     """The presenter has locked the board: no vote may be set, moved or retracted."""
+
+
+class BoardNotFound(NotFound):
+    """No live board has this slug or join code (never made, or deleted)."""
+
+
+class TooManyBoards(StoreError):
+    """The deployment holds max_boards boards already."""
+
+
+class BoardKept(StoreError):
+    """The default board (main) cannot be deleted."""

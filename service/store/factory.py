@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from ..config import ConfigError, Settings
-from .base import Store
-from .memory import MemoryStore
+from .base import BoardDirectory, Store
+from .memory import MemoryBoards, MemoryStore
 
 
 def store_from_settings(settings: Settings) -> Store:
@@ -40,3 +40,31 @@ def store_from_settings(settings: Settings) -> Store:
         except ValueError as exc:  # redis-py's URL parser; its messages hold no password
             raise ConfigError("store", f"not a usable Redis URL: {exc}") from None
     raise ConfigError("store", f"{settings.store.split(':')[0]} stores are not supported")
+
+
+def boards_from_settings(settings: Settings) -> BoardDirectory:
+    """Every board of the deployment, in the store the `store` setting names."""
+    return boards_around(store_from_settings(settings), settings)
+
+
+def boards_around(main: Store, settings: Settings) -> BoardDirectory:
+    """A directory of boards of the same kind as `main`, with `main` as its default board."""
+    if isinstance(main, MemoryStore):
+        return MemoryBoards(
+            main,
+            max_boards=settings.max_boards,
+            top_n=settings.top_n,
+            idempotency_ttl=settings.idempotency_ttl,
+            max_features=settings.max_features,
+        )
+    from .redis import RedisBoards, RedisStore
+
+    if not isinstance(main, RedisStore):
+        raise TypeError(f"no board directory for a {type(main).__name__}")
+    return RedisBoards(
+        main=main,
+        max_boards=settings.max_boards,
+        top_n=settings.top_n,
+        idempotency_ttl=settings.idempotency_ttl,
+        max_features=settings.max_features,
+    )

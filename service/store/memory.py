@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
+import functools
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -33,19 +35,35 @@ from ..schemas import (
     VoteValue,
 )
 from .base import (
+    DEFAULT_MAX_BOARDS,
     DEFAULT_MAX_FEATURES,
     KEY_LENGTH,
+    MAIN,
     Audience,
+    BoardDirectory,
+    BoardPage,
     ChangeListener,
     Created,
     CursorKey,
+    Identity,
     Page,
     StatsView,
     Store,
     full_board,
+    new_join_code,
+    new_slug,
     sort_key,
 )
-from .errors import FeatureClosed, IdempotencyConflict, NotFound, TooManyFeatures, VotingClosed
+from .errors import (
+    BoardKept,
+    BoardNotFound,
+    FeatureClosed,
+    IdempotencyConflict,
+    NotFound,
+    TooManyBoards,
+    TooManyFeatures,
+    VotingClosed,
+)
 from .visibility import hides_order, masked, stats_views, visible
 
 DEFAULT_IDEMPOTENCY_TTL: Final = 24 * 3600.0
@@ -113,7 +131,10 @@ class MemoryStore(Store):
         idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
         max_features: int = DEFAULT_MAX_FEATURES,
         clock: Callable[[], float] = time.monotonic,
+        identity: Identity = MAIN,
+        title: str = DEFAULT_BOARD.title,
     ) -> None:
+        self.identity = identity
         self._lock = asyncio.Lock()
         self._top_n = top_n
         self._max_features = max_features
@@ -143,7 +164,9 @@ class MemoryStore(Store):
         self._stats: tuple[StatsView, StatsView] | None = None  # (public, admin) of this seq
         # sort=wilson|controversial: sorted keys per (sort, status), computed once per seq.
         self._orders: dict[tuple[Sort, Status | None], list[CursorKey]] = {}
-        self._board = DEFAULT_BOARD
+        self._board = msgspec.structs.replace(DEFAULT_BOARD, title=title, **identity._asdict())
+        self.touched = clock()  # the clock at the last change (board_idle_ttl)
+        self.deleted = False  # set by the directory under the lock: no change applies after it
         self._rounds: dict[int, tuple[RoundSummary, list[Feature]]] = {}
         self._listeners: list[ChangeListener] = []
 
@@ -190,7 +213,28 @@ class MemoryStore(Store):
         """The whole board in top order."""
         return [self._features[key & _ID_MASK].view() for key in self._top_keys(None, None, None)]
 
+    def rename(self, identity: Identity) -> None:
+        """Give a store made on its own (a test's, or main) the identity its directory chose."""
+        self.identity = identity
+        self._board = msgspec.structs.replace(self._board, **identity._asdict())
+
+    async def mark_deleted(self) -> None:
+        """The directory deletes this board: after this step no change applies to it."""
+        async with self._lock:
+            self.deleted = True
+
+    @property
+    def current_board(self) -> Board:
+        return self._board
+
+    def _live(self) -> None:
+        """Under the lock, before any change: a deleted board takes none (a request that looked
+        it up before the delete may still hold it)."""
+        if self.deleted:
+            raise BoardNotFound(f"board {self.identity.slug!r} was deleted")
+
     def _changed(self) -> None:
+        self.touched = self._clock()
         self._seq += 1
         self._stats = None
         self._orders.clear()
@@ -219,6 +263,7 @@ class MemoryStore(Store):
         audience: Audience = Audience.PUBLIC,
     ) -> Created:
         async with self._lock:
+            self._live()
             fingerprint = (new.title, new.description)
             if idempotency_key is not None:
                 self._expire_idempotency()
@@ -302,6 +347,7 @@ class MemoryStore(Store):
 
     async def update_feature(self, feature_id: int, patch: FeaturePatch) -> Feature:
         async with self._lock:
+            self._live()
             rec = self._record(feature_id)
             changes = {
                 name: getattr(patch, name)
@@ -319,6 +365,7 @@ class MemoryStore(Store):
 
     async def delete_feature(self, feature_id: int) -> None:
         async with self._lock:
+            self._live()
             rec = self._record(feature_id)
             self._unindex(rec)
             del self._features[feature_id]
@@ -347,6 +394,7 @@ class MemoryStore(Store):
         audience: Audience = Audience.PUBLIC,
     ) -> VoteOut:
         async with self._lock:
+            self._live()
             rec = self._record(feature_id)
             if not self._board.voting_open:
                 raise VotingClosed("voting is closed; the presenter has locked the board")
@@ -421,6 +469,7 @@ class MemoryStore(Store):
 
     async def update_board(self, patch: BoardPatch) -> Board:
         async with self._lock:
+            self._live()
             changes = {
                 name: getattr(patch, name)
                 for name in patch.__struct_fields__
@@ -434,6 +483,7 @@ class MemoryStore(Store):
 
     async def reset_board(self) -> Board:
         async with self._lock:
+            self._live()
             board = self._board
             standings = self._ranking()
             summary = RoundSummary(
@@ -501,3 +551,98 @@ class MemoryStore(Store):
                 self._listeners.remove(listener)
 
         return unsubscribe
+
+
+class MemoryBoards(BoardDirectory):
+    """Every board of this process: a MemoryStore each, found by slug or join code."""
+
+    def __init__(
+        self,
+        main: MemoryStore | None = None,
+        *,
+        max_boards: int = DEFAULT_MAX_BOARDS,
+        top_n: int = 20,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__()
+        self._make = functools.partial(
+            MemoryStore,
+            top_n=top_n,
+            idempotency_ttl=idempotency_ttl,
+            max_features=max_features,
+            clock=clock,
+        )
+        self._clock = clock
+        self._max_boards = max_boards
+        if main is None:
+            main = self._make(identity=Identity(MAIN.slug, new_join_code(), datetime.now(UTC)))
+        elif not main.identity.join_code:  # a store made on its own: give it a code
+            main.rename(Identity(MAIN.slug, new_join_code(), datetime.now(UTC)))
+        self._main = main
+        self._boards: dict[str, MemoryStore] = {main.slug: main}  # in the order made
+        self._codes: dict[str, str] = {main.identity.join_code: main.slug}
+
+    @property
+    def main(self) -> MemoryStore:
+        return self._main
+
+    async def get(self, slug: str) -> MemoryStore:
+        store = self._boards.get(slug)
+        if store is None:
+            raise BoardNotFound(f"board {slug!r} does not exist")
+        return store
+
+    async def by_code(self, code: str) -> MemoryStore:
+        slug = self._codes.get(code)
+        if slug is None:
+            raise BoardNotFound(f"no board has the join code {code!r}")
+        return self._boards[slug]
+
+    async def create(self, title: str) -> MemoryStore:
+        # No await between the checks and the insert: one step on the event loop.
+        if len(self._boards) >= self._max_boards:
+            raise TooManyBoards(f"this deployment holds {self._max_boards} boards, its max_boards")
+        slug, code = new_slug(), new_join_code()
+        while slug in self._boards:  # 80 random bits: never in practice
+            slug = new_slug()
+        while code in self._codes:
+            code = new_join_code()
+        identity = Identity(slug, code, datetime.now(UTC))
+        store = self._make(identity=identity, title=title)
+        self._boards[slug] = store
+        self._codes[code] = slug
+        return store
+
+    async def delete(self, slug: str) -> None:
+        if slug == MAIN.slug:
+            raise BoardKept("the default board (main) cannot be deleted")
+        store = await self.get(slug)
+        await store.mark_deleted()
+        if self._boards.pop(slug, None) is None:  # another delete won meanwhile
+            return
+        self._codes.pop(store.identity.join_code, None)
+        self._announce_deleted(slug)
+
+    async def listing(self, *, limit: int, after: str | None) -> BoardPage:
+        slugs = list(self._boards)
+        start = 0
+        if after is not None:
+            start = slugs.index(after) + 1 if after in self._boards else len(slugs)
+        page = slugs[start : start + limit]
+        items = [self._boards[s].current_board for s in page]
+        more = start + limit < len(slugs)
+        return BoardPage(items, page[-1] if more and page else None)
+
+    async def count(self) -> int:
+        return len(self._boards)
+
+    async def expire_idle(self, idle_for: float) -> list[str]:
+        cutoff = self._clock() - idle_for
+        idle = [s for s, b in self._boards.items() if s != MAIN.slug and b.touched <= cutoff]
+        for slug in idle:
+            with contextlib.suppress(BoardNotFound):
+                await self.delete(slug)
+        return idle
+

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
@@ -41,23 +42,33 @@ from ..schemas import (
 )
 from . import redis_scripts as lua
 from .base import (
+    DEFAULT_MAX_BOARDS,
     DEFAULT_MAX_FEATURES,
     KEY_LENGTH,
+    MAIN,
     Audience,
+    BoardDirectory,
+    BoardPage,
     ChangeListener,
     Created,
     CursorKey,
+    Identity,
     Page,
     StatsView,
     Store,
     full_board,
+    new_join_code,
+    new_slug,
     sort_key,
 )
 from .errors import (
+    BoardKept,
+    BoardNotFound,
     FeatureClosed,
     IdempotencyConflict,
     NotFound,
     StoreUnavailable,
+    TooManyBoards,
     TooManyFeatures,
     VotingClosed,
 )
@@ -117,13 +128,16 @@ def decode_key(member: str) -> CursorKey:
     return tuple(int(member[i : i + width]) - lua.KEY_OFFSET for i in range(0, len(member), width))
 
 
-def _board(title: Any, round_no: Any, voting_open: Any, results_hidden: Any) -> Board:
+def _board(
+    identity: Identity, title: Any, round_no: Any, voting_open: Any, results_hidden: Any
+) -> Board:
     """The board from its hash fields (str, or None when unset: the default)."""
     return Board(
         title or DEFAULT_BOARD.title,
         int(round_no or DEFAULT_BOARD.round),
         voting_open != "0",
         results_hidden == "1",
+        *identity,
     )
 
 
@@ -134,7 +148,11 @@ _rows_decoder: Final = msgspec.json.Decoder(list[list[str]] | dict[str, str])
 def _summary(raw: str) -> RoundSummary:
     round_no, title, closed_at, total_votes, voters, hidden = _summary_decoder.decode(raw)
     return RoundSummary(
-        int(round_no), title, datetime.fromisoformat(closed_at), int(total_votes), int(voters),
+        int(round_no),
+        title,
+        datetime.fromisoformat(closed_at),
+        int(total_votes),
+        int(voters),
         hidden,
     )
 
@@ -144,29 +162,49 @@ def _archived_rows(raw: str) -> list[Feature]:
     return [_feature(row) for row in rows] if isinstance(rows, list) else []
 
 
-class RedisStore(Store):
-    """Shared truth for any number of instances; see ADR-005."""
+SCRIPTS: Final = {
+    "create": lua.CREATE,
+    "update": lua.UPDATE,
+    "delete": lua.DELETE,
+    "vote": lua.VOTE,
+    "list": lua.LIST,
+    "get": lua.GET,
+    "migrate": lua.MIGRATE,
+    "stats": lua.STATS,
+    "update_board": lua.UPDATE_BOARD,
+    "reset": lua.RESET,
+    "standings": lua.STANDINGS,
+    "raise_seq": lua.RAISE_SEQ,
+    "init_board": lua.INIT_BOARD,
+    "mark_gone": lua.MARK_GONE,
+    "register_board": lua.REGISTER_BOARD,
+    "unregister_board": lua.UNREGISTER_BOARD,
+}
+
+
+def board_prefix(prefix: str, slug: str) -> str:
+    """Every key of a board starts with this: the hash tag keeps them in one cluster slot."""
+    return f"{prefix}{{b:{slug}}}:"
+
+
+class RedisLink:
+    """One instance's connections to one Redis, shared by every board it serves: a command
+    pool, the scripts, and one subscription connection that carries the change channel of each
+    board this instance follows (subscribed on its first listener, unsubscribed after its last)
+    and the directory's deletion channel."""
 
     def __init__(
         self,
         url: str,
         *,
         prefix: str = "fv:",
-        top_n: int = 20,
-        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
-        max_features: int = DEFAULT_MAX_FEATURES,
         socket_timeout: float = 1.0,
         connect_timeout: float = 0.5,
         max_connections: int = 50,
-        clock: Callable[[], float] = time.time,
     ) -> None:
-        self._prefix = prefix
-        self._top_n = top_n
-        self._max_features = max_features
-        self._idempotency_ttl = idempotency_ttl
-        self._clock = clock  # wall clock: idempotency expiry must agree between instances
+        self.prefix = prefix
         # Hard bound on one call: waiting for a pooled connection, connecting, the reply.
-        self._deadline = socket_timeout + 2 * connect_timeout
+        self.deadline = socket_timeout + 2 * connect_timeout
         # No retries: a mutation re-sent after a lost reply could apply twice (a second
         # feature); the API answers 503 instead and the client retries idempotently.
         self._pool: BlockingConnectionPool = BlockingConnectionPool.from_url(
@@ -179,40 +217,28 @@ class RedisStore(Store):
             retry=Retry(NoBackoff(), 0),
             client_name="feature-votes",
         )
-        self._redis = Redis(connection_pool=self._pool)
-        self._scripts = {
-            name: self._redis.register_script(source)
-            for name, source in (
-                ("create", lua.CREATE),
-                ("update", lua.UPDATE),
-                ("delete", lua.DELETE),
-                ("vote", lua.VOTE),
-                ("list", lua.LIST),
-                ("get", lua.GET),
-                ("migrate", lua.MIGRATE),
-                ("stats", lua.STATS),
-                ("update_board", lua.UPDATE_BOARD),
-                ("reset", lua.RESET),
-                ("standings", lua.STANDINGS),
-                ("raise_seq", lua.RAISE_SEQ),
-            )
-        }
-        self._channel = prefix + "changes"
-        self._listeners: list[ChangeListener] = []
-        self._notified = 0  # the highest seq given to listeners
-        self._stats: tuple[StatsView, StatsView] | None = None  # (public, admin) of one seq
-        self._stats_lock = asyncio.Lock()
+        self.redis = Redis(connection_pool=self._pool)
+        self._scripts = {name: self.redis.register_script(src) for name, src in SCRIPTS.items()}
+        self.deleted_channel = prefix + "boards:deleted"
+        self._watched: dict[str, RedisStore] = {}  # change channel -> the board's store
+        self._fresh: set[str] = set()  # channels newly watched on the live subscription
+        self._deletion_listeners: list[Callable[[str], None]] = []
+        self._reconnect_listeners: list[Callable[[], None]] = []
+        self._pubsub: PubSub | None = None  # the live subscription, while there is one
         self._task: asyncio.Task[None] | None = None
-        self._subscribed = asyncio.Event()
+        self._side_tasks: set[asyncio.Task[None]] = set()
+        self.subscribed = asyncio.Event()
 
-    # --- plumbing -------------------------------------------------------------------------------
+    @property
+    def following(self) -> bool:
+        return self._task is not None
 
-    async def _call(self, awaitable: Awaitable[T], deadline: float | None = None) -> T:
+    async def call(self, awaitable: Awaitable[T], deadline: float | None = None) -> T:
         """Await one Redis operation within the deadline; failures become StoreUnavailable."""
         task = asyncio.current_task()
         cancelling = task.cancelling() if task is not None else 0
         try:
-            async with asyncio.timeout(deadline or self._deadline):
+            async with asyncio.timeout(deadline or self.deadline):
                 result = await awaitable
         except UNAVAILABLE as exc:
             raise StoreUnavailable(f"Redis is unavailable ({type(exc).__name__}: {exc})") from exc
@@ -223,8 +249,237 @@ class RedisStore(Store):
             raise asyncio.CancelledError
         return result
 
+    async def script(self, name: str, prefix: str, *args: str | int | float) -> Any:
+        """Run a script on the keys under `prefix` (one board's, or the directory's); the first
+        key names the slot, so a cluster client routes it to the node that owns them."""
+        return await self.call(self._scripts[name](keys=[prefix], args=(prefix, *args)))
+
+    # --- the subscription ---------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._side_tasks.add(task)
+        task.add_done_callback(self._side_tasks.discard)
+
+    def watch(self, store: RedisStore) -> None:
+        """Follow a board's changes (its first listener)."""
+        self._watched[store.channel] = store
+        if self._pubsub is not None:
+            self._fresh.add(store.channel)
+            self._spawn(self._send(self._pubsub.subscribe, store.channel))
+
+    def unwatch(self, store: RedisStore) -> None:
+        """Stop following a board (its last listener left)."""
+        if self._watched.get(store.channel) is store:
+            del self._watched[store.channel]
+            if self._pubsub is not None:
+                self._spawn(self._send(self._pubsub.unsubscribe, store.channel))
+
+    async def _send(self, command: Callable[[str], Awaitable[Any]], channel: str) -> None:
+        # Only sent here; the confirmation arrives in _relay (which resyncs a new channel). A
+        # failure here is the connection's: _follow notices it, reconnects and subscribes all.
+        with contextlib.suppress(StoreUnavailable, rex.RedisError, OSError, AttributeError):
+            # (AttributeError: redis-py's PubSub whose connection is already gone)
+            await self.call(command(channel))
+
+    def on_deleted(self, listener: Callable[[str], None]) -> None:
+        self._deletion_listeners.append(listener)
+
+    def on_reconnect(self, listener: Callable[[], None]) -> None:
+        """Called after each (re)subscription: messages published meanwhile were lost."""
+        self._reconnect_listeners.append(listener)
+
+    async def start(self) -> None:
+        """Subscribe; wait briefly for the first sync but never fail the start."""
+        if self._task is not None:
+            return
+        self._task = asyncio.create_task(self._follow(), name="redis-changes")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.deadline):
+                await self.subscribed.wait()
+        if not self.subscribed.is_set():
+            log.warning("Redis is not reachable yet; /readyz answers 503 until it is")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for task in list(self._side_tasks):
+            task.cancel()
+        await asyncio.gather(*self._side_tasks, return_exceptions=True)
+        await self.redis.aclose()
+        await self._pool.aclose()
+
+    @contextlib.asynccontextmanager
+    async def _subscription(self) -> AsyncIterator[PubSub]:
+        """A subscription on a connection of its own that redis-py never reconnects by itself."""
+        # redis-py's PubSub runs its retry's failure handler even with zero retries, and that
+        # handler reconnects and re-subscribes; the store would then close that connection in
+        # its own cleanup, and a change published in between is delivered but its resync is
+        # skipped (subscribers 0 -> 1 -> 0). A Retry that supports no error never calls the
+        # handler: a failure surfaces here and _follow alone reconnects, always with a resync.
+        pool = ConnectionPool(
+            connection_class=self._pool.connection_class,
+            max_connections=1,
+            **{
+                **self._pool.connection_kwargs,
+                "retry": Retry(NoBackoff(), 0, supported_errors=()),
+            },
+        )
+        # Subscribe confirmations and pongs are kept: any message proves the link is alive.
+        # (redis-py 8.1 with decode_responses mangles a subscribed-mode PONG into a message of
+        # type "P", which ignore_subscribe_messages would hide.)
+        pubsub = PubSub(pool)
+        try:
+            yield pubsub
+        finally:
+            self._pubsub = None
+            self._fresh.clear()
+            self.subscribed.clear()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(self.deadline):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+            with contextlib.suppress(Exception):
+                await pool.aclose()
+
+    async def _follow(self) -> None:
+        """Forever: subscribe, resync, relay each published seq; reconnect with backoff."""
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                async with self._subscription() as pubsub:
+                    await self.call(pubsub.subscribe(self.deleted_channel, *self._watched))
+                    self._pubsub = pubsub
+                    for listener in tuple(self._reconnect_listeners):
+                        listener()
+                    self.subscribed.set()
+                    log.info("following Redis changes under %s", self.prefix)
+                    delay = RECONNECT_MIN
+                    await self._relay(pubsub)
+            except (StoreUnavailable, rex.RedisError, OSError) as exc:
+                log.warning("Redis change subscription lost (%s); retrying in %.2fs", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    def _dispatch(self, message: dict[str, Any]) -> None:
+        kind, channel = message["type"], message.get("channel")
+        if kind == "message":
+            if channel == self.deleted_channel:
+                for listener in tuple(self._deletion_listeners):
+                    listener(str(message["data"]))
+                return
+            store = self._watched.get(channel)  # type: ignore[arg-type]
+            if store is not None:
+                store.notify(int(message["data"]))
+        elif kind == "subscribe":
+            store = self._watched.get(channel)  # type: ignore[arg-type]
+            if store is not None:
+                # Messages published before this confirmation never reached us: listeners get
+                # the current seq if it is newer; after a reconnect, even if it is not (what
+                # they built from may be stale).
+                fresh = channel in self._fresh
+                self._fresh.discard(channel)
+                self._spawn(store.resync(force=not fresh))
+
+    async def _relay(self, pubsub: PubSub) -> None:
+        """Hand each published seq to its board; ping when quiet, give up when unanswered."""
+        loop = asyncio.get_running_loop()
+        heard = pinged = loop.time()
+        while True:
+            message = await self.call(
+                pubsub.get_message(timeout=PUBSUB_KEEPALIVE), PUBSUB_KEEPALIVE + self.deadline
+            )
+            now = loop.time()
+            if message is not None:
+                heard = now
+                self._dispatch(message)
+                continue
+            if now - heard > 3 * PUBSUB_KEEPALIVE:
+                raise StoreUnavailable("no answer on the change subscription")
+            if now - pinged >= PUBSUB_KEEPALIVE:
+                await self.call(pubsub.ping())
+                pinged = now
+            else:  # an early None (a message redis-py swallowed): never spin
+                await asyncio.sleep(RECONNECT_MIN)
+
+
+class RedisStore(Store):
+    """One board's shared truth for any number of instances; see ADR-005 and ADR-012.
+
+    Made on its own (a URL), it is the default board over a link of its own; a RedisBoards
+    directory makes one per board over the link they all share."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        link: RedisLink | None = None,
+        identity: Identity = MAIN,
+        prefix: str = "fv:",
+        top_n: int = 20,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 0.5,
+        max_connections: int = 50,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.identity = identity
+        self._owns_link = link is None
+        if link is None:
+            if url is None:
+                raise ValueError("a RedisStore needs a URL or a link")
+            link = RedisLink(
+                url,
+                prefix=prefix,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
+            )
+        self.link = link
+        self._prefix = board_prefix(link.prefix, identity.slug)
+        self._top_n = top_n
+        self._max_features = max_features
+        self._idempotency_ttl = idempotency_ttl
+        self._clock = clock  # wall clock: idempotency expiry must agree between instances
+        self._redis = link.redis
+        self.channel = self._prefix + "changes"
+        self._listeners: list[ChangeListener] = []
+        self._notified = 0  # the highest seq given to listeners
+        self._stats: tuple[StatsView, StatsView] | None = None  # (public, admin) of one seq
+        self._stats_lock = asyncio.Lock()
+
+    # --- plumbing -------------------------------------------------------------------------------
+
+    async def _call(self, awaitable: Awaitable[T], deadline: float | None = None) -> T:
+        return await self.link.call(awaitable, deadline)
+
     async def _script(self, name: str, *args: str | int | float) -> Any:
-        return await self._call(self._scripts[name](args=(self._prefix, *args)))
+        reply = await self.link.script(name, self._prefix, *args)
+        if isinstance(reply, list) and reply[:1] == ["noboard"]:
+            raise BoardNotFound(f"board {self.identity.slug!r} was deleted")
+        return reply
+
+    def notify(self, seq: int) -> None:
+        """A seq published on this board's channel (by any instance)."""
+        self._notify(seq)
+
+    async def resync(self, *, force: bool = True) -> None:
+        """After (re)subscribing: tell listeners the current seq (`force`: even if they have
+        it)."""
+        delay = RECONNECT_MIN
+        while True:
+            try:
+                self._notify(await self._current_seq(), force=force)
+                return
+            except StoreUnavailable as exc:  # e.g. a pooled connection Redis closed meanwhile
+                if not self.link.subscribed.is_set():
+                    return  # the link reconnects, and resyncs again then
+                log.warning("could not resync board %s yet: %s", self.identity.slug, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
 
     def _notify(self, seq: int, *, force: bool = False) -> None:
         """Call listeners with a newer seq (each once, in order); `force` repeats the current."""
@@ -425,11 +680,10 @@ class RedisStore(Store):
             self._stats = self._build_stats(flat)
             return self._stats
 
-    @staticmethod
-    def _build_stats(flat: Sequence[Any]) -> tuple[StatsView, StatsView]:
+    def _build_stats(self, flat: Sequence[Any]) -> tuple[StatsView, StatsView]:
         """Both audiences' views from one STATS reply; one shared view unless results are hidden."""
         seq = int(flat[0])
-        board = _board(*flat[5:9])
+        board = _board(self.identity, *flat[5:9])
         top_end = 10 + int(flat[9]) * _FIELD_COUNT
         stats = Stats(
             seq=seq,
@@ -452,7 +706,7 @@ class RedisStore(Store):
                 self._prefix + "board", ["title", "round", "voting_open", "results_hidden"]
             )
         )
-        return _board(*row)
+        return _board(self.identity, *row)
 
     async def update_board(self, patch: BoardPatch) -> Board:
         pairs: list[str] = []
@@ -463,13 +717,13 @@ class RedisStore(Store):
         reply = await self._script("update_board", DEFAULT_BOARD.title, *pairs)
         if reply[0] != "same":
             self._notify(int(reply[0]))
-        return _board(*reply[1:5])
+        return _board(self.identity, *reply[1:5])
 
     async def reset_board(self) -> Board:
         closed_at = datetime.now(UTC).isoformat()
         reply = await self._script("reset", closed_at, DEFAULT_BOARD.title)
         self._notify(int(reply[0]))
-        return _board(*reply[1:5])
+        return _board(self.identity, *reply[1:5])
 
     async def rounds(self) -> list[RoundSummary]:
         found = await self._call(self._redis.hgetall(self._prefix + "rounds"))
@@ -493,7 +747,7 @@ class RedisStore(Store):
                 standings=_archived_rows(reply[2]),
             )
             return visible(closed, summary.results_hidden, audience)
-        board = _board(*reply[1:5])
+        board = _board(self.identity, *reply[1:5])
         current = Standings(
             round=board.round,
             title=board.title,
@@ -507,108 +761,305 @@ class RedisStore(Store):
 
     async def ping(self) -> None:
         await self._call(self._redis.ping())
-        if self._task is not None and not self._subscribed.is_set():
+        if self.link.following and not self.link.subscribed.is_set():
             raise StoreUnavailable("the Redis change subscription is reconnecting")
 
     # --- cross-instance changes -----------------------------------------------------------------
 
     def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        if not self._listeners:
+            self.link.watch(self)
         self._listeners.append(listener)
 
         def unsubscribe() -> None:
             if listener in self._listeners:
                 self._listeners.remove(listener)
+                if not self._listeners:
+                    self.link.unwatch(self)
 
         return unsubscribe
 
     async def start(self) -> None:
-        """Subscribe to changes; wait briefly for the first sync but never fail the start."""
-        if self._task is not None:
-            return
-        self._task = asyncio.create_task(self._follow(), name="redis-changes")
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self._deadline):
-                await self._subscribed.wait()
-        if not self._subscribed.is_set():
-            log.warning("Redis is not reachable yet; /readyz answers 503 until it is")
+        """A store made on its own starts its link and brings old data to today's layout."""
+        if self._owns_link:
+            await self.link.start()
+            await self.prepare()
+
+    async def prepare(self) -> None:
+        """Build the wilson and controversial rankings of data stored before they existed."""
+        with contextlib.suppress(StoreUnavailable):
+            if await self._script("migrate"):
+                log.info("built the wilson and controversial rankings of %s", self._prefix)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-        await self._redis.aclose()
-        await self._pool.aclose()
+        if self._owns_link:
+            await self.link.close()
 
-    @contextlib.asynccontextmanager
-    async def _pubsub(self) -> AsyncIterator[PubSub]:
-        """A subscription on a connection of its own that redis-py never reconnects by itself."""
-        # redis-py's PubSub runs its retry's failure handler even with zero retries, and that
-        # handler reconnects and re-subscribes; the store would then close that connection in
-        # its own cleanup, and a change published in between is delivered but its resync is
-        # skipped (subscribers 0 -> 1 -> 0). A Retry that supports no error never calls the
-        # handler: a failure surfaces here and _follow alone reconnects, always with a resync.
-        pool = ConnectionPool(
-            connection_class=self._pool.connection_class,
-            max_connections=1,
-            **{
-                **self._pool.connection_kwargs,
-                "retry": Retry(NoBackoff(), 0, supported_errors=()),
-            },
-        )
-        # Subscribe confirmations and pongs are kept: any message proves the link is alive.
-        # (redis-py 8.1 with decode_responses mangles a subscribed-mode PONG into a message of
-        # type "P", which ignore_subscribe_messages would hide.)
-        pubsub = PubSub(pool)
-        try:
-            yield pubsub
-        finally:
-            self._subscribed.clear()
-            with contextlib.suppress(Exception):
-                async with asyncio.timeout(self._deadline):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
-            with contextlib.suppress(Exception):
-                await pool.aclose()
 
-    async def _follow(self) -> None:
-        """Forever: subscribe, resync, relay each published seq; reconnect with backoff."""
-        delay = RECONNECT_MIN
-        while True:
-            try:
-                async with self._pubsub() as pubsub:
-                    await self._call(pubsub.subscribe(self._channel))
-                    if await self._script("migrate"):
-                        log.info("built the wilson and controversial rankings of %s", self._prefix)
-                    # Messages published while we were away are lost: push a full snapshot.
-                    self._notify(await self._current_seq(), force=True)
-                    self._subscribed.set()
-                    log.info("following Redis changes on %s", self._channel)
-                    delay = RECONNECT_MIN
-                    await self._relay(pubsub)
-            except (StoreUnavailable, rex.RedisError, OSError) as exc:
-                log.warning("Redis change subscription lost (%s); retrying in %.2fs", exc, delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
+_info_decoder: Final = msgspec.json.Decoder(tuple[str, str, str])
+# How long a deleted board's `gone` mark outlives it: far longer than any request that looked
+# the board up before the delete (slugs are never made twice).
+GONE_GRACE: Final = 7 * 24 * 3600
+UNLINK_BATCH: Final = 500
 
-    async def _relay(self, pubsub: PubSub) -> None:
-        """Hand each published seq to the listeners; ping when quiet, give up when unanswered."""
-        loop = asyncio.get_running_loop()
-        heard = pinged = loop.time()
-        while True:
-            message = await self._call(
-                pubsub.get_message(timeout=PUBSUB_KEEPALIVE), PUBSUB_KEEPALIVE + self._deadline
+
+class RedisBoards(BoardDirectory):
+    """Every board of a deployment in one Redis: a directory (its own slot, `{boards}`) and a
+    RedisStore per board, all over one RedisLink. Stores of boards this instance has seen are
+    kept; a deletion anywhere reaches every instance on the directory's deletion channel."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        main: RedisStore | None = None,
+        max_boards: int = DEFAULT_MAX_BOARDS,
+        prefix: str = "fv:",
+        top_n: int = 20,
+        idempotency_ttl: float = DEFAULT_IDEMPOTENCY_TTL,
+        max_features: int = DEFAULT_MAX_FEATURES,
+        socket_timeout: float = 1.0,
+        connect_timeout: float = 0.5,
+        max_connections: int = 50,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__()
+        if main is None:
+            if url is None:
+                raise ValueError("RedisBoards needs a URL or a main store")
+            main = RedisStore(
+                url,
+                prefix=prefix,
+                top_n=top_n,
+                idempotency_ttl=idempotency_ttl,
+                max_features=max_features,
+                socket_timeout=socket_timeout,
+                connect_timeout=connect_timeout,
+                max_connections=max_connections,
+                clock=clock,
             )
-            now = loop.time()
-            if message is not None:
-                heard = now
-                if message["type"] == "message":
-                    self._notify(int(message["data"]))
+        self._main = main
+        self.link = main.link
+        self._make = functools.partial(
+            RedisStore,
+            link=self.link,
+            top_n=top_n,
+            idempotency_ttl=idempotency_ttl,
+            max_features=max_features,
+            clock=clock,
+        )
+        self._max_boards = max_boards
+        self._clock = clock
+        self._dir = f"{self.link.prefix}{{boards}}:"
+        self._boards: dict[str, RedisStore] = {}
+        self.link.on_deleted(self._deleted)
+        self.link.on_reconnect(self._recheck_soon)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def main(self) -> RedisStore:
+        return self._main
+
+    async def start(self) -> None:
+        await self.link.start()
+        await self.prepare()
+
+    async def prepare(self) -> None:
+        """main's directory entry and join code, and old data in today's layout."""
+        with contextlib.suppress(StoreUnavailable):
+            await self._register_main()
+        await self._main.prepare()
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.link.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _register_main(self) -> None:
+        """main gets a directory entry (and a join code) once, by whichever instance is first."""
+        if self._main.identity.join_code:
+            return
+        while True:
+            found = await self._info(MAIN.slug)
+            if found is not None:
+                self._main.identity = found
+                return
+            now = datetime.now(UTC)
+            await self._register(Identity(MAIN.slug, new_join_code(), now))
+
+    async def _register(self, identity: Identity) -> str:
+        slug, code, created = identity
+        return str(
+            await self.link.script(
+                "register_board",
+                self._dir,
+                slug,
+                code,
+                created.isoformat(),
+                int(created.timestamp() * 1000),
+                self._max_boards,
+                int(self._clock()),
+            )
+        )
+
+    async def _info(self, slug: str) -> Identity | None:
+        raw = await self.link.call(self.link.redis.hget(self._dir + "info", slug))
+        if raw is None:
+            return None
+        code, created_at, _ = _info_decoder.decode(raw)
+        return Identity(slug, code, datetime.fromisoformat(created_at))
+
+    def _store(self, identity: Identity) -> RedisStore:
+        store = self._boards.get(identity.slug)
+        if store is None:
+            store = self._boards[identity.slug] = self._make(identity=identity)
+        return store
+
+    async def get(self, slug: str) -> RedisStore:
+        if slug == MAIN.slug:
+            if not self._main.identity.join_code:  # Redis was down at start: try again
+                with contextlib.suppress(StoreUnavailable):
+                    await self._register_main()
+            return self._main
+        store = self._boards.get(slug)
+        if store is not None:
+            return store
+        identity = await self._info(slug)
+        if identity is None:
+            raise BoardNotFound(f"board {slug!r} does not exist")
+        return self._store(identity)
+
+    async def by_code(self, code: str) -> RedisStore:
+        slug = await self.link.call(self.link.redis.hget(self._dir + "codes", code))
+        if slug is None:
+            raise BoardNotFound(f"no board has the join code {code!r}")
+        return await self.get(str(slug))
+
+    async def create(self, title: str) -> RedisStore:
+        identity = Identity(new_slug(), new_join_code(), datetime.now(UTC))
+        prefix = board_prefix(self.link.prefix, identity.slug)
+        await self.link.script("init_board", prefix, title)
+        while True:
+            answer = await self._register(identity)
+            if answer == "ok":
+                return self._store(identity)
+            if answer == "full":
+                self._spawn(self._unlink(prefix))
+                raise TooManyBoards(
+                    f"this deployment holds {self._max_boards} boards, its max_boards"
+                )
+            identity = identity._replace(join_code=new_join_code())  # 'taken'
+
+    async def delete(self, slug: str) -> None:
+        if slug == MAIN.slug:
+            raise BoardKept("the default board (main) cannot be deleted")
+        if await self._info(slug) is None:
+            raise BoardNotFound(f"board {slug!r} does not exist")
+        prefix = board_prefix(self.link.prefix, slug)
+        # First no change applies (the mark), then nobody finds it (the directory, whose script
+        # publishes the slug to every instance), then its keys go in the background.
+        await self.link.script("mark_gone", prefix, GONE_GRACE)
+        if not await self.link.script(
+            "unregister_board", self._dir, slug, self.link.deleted_channel
+        ):
+            raise BoardNotFound(f"board {slug!r} does not exist")
+        self._deleted(slug)
+        self._spawn(self._unlink(prefix))
+
+    async def _unlink(self, prefix: str) -> None:
+        """Every key of a deleted board but its `gone` mark, a batch at a time."""
+        redis, keep = self.link.redis, prefix + "gone"
+        try:
+            batch: list[str] = []
+            async for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+                if key != keep:
+                    batch.append(key)
+                if len(batch) >= UNLINK_BATCH:
+                    await self.link.call(redis.unlink(*batch))
+                    batch = []
+            if batch:
+                await self.link.call(redis.unlink(*batch))
+        except (StoreUnavailable, rex.RedisError, OSError) as exc:
+            log.warning("keys of a deleted board under %s stay for now: %s", prefix, exc)
+
+    def _deleted(self, slug: str) -> None:
+        """A board was deleted (here, or on another instance: the deletion channel)."""
+        store = self._boards.pop(slug, None)
+        if store is None and slug == MAIN.slug:
+            return
+        try:
+            self._announce_deleted(slug)
+        except Exception:
+            log.exception("a board deletion listener failed")
+
+    def _recheck_soon(self) -> None:
+        if self._boards:
+            self._spawn(self._recheck())
+
+    async def _recheck(self) -> None:
+        """After a reconnect (deletions meanwhile were not heard): forget boards that are gone."""
+        slugs = list(self._boards)
+        try:
+            found = await self.link.call(self.link.redis.hmget(self._dir + "info", slugs))
+        except StoreUnavailable:
+            return
+        for slug, raw in zip(slugs, found, strict=True):
+            if raw is None:
+                self._deleted(slug)
+
+    async def listing(self, *, limit: int, after: str | None) -> BoardPage:
+        start = "-" if after is None else "(" + after
+        members = await self.link.call(
+            self.link.redis.zrange(
+                self._dir + "all", start, "+", bylex=True, offset=0, num=limit + 1
+            )
+        )
+        more = len(members) > limit
+        del members[limit:]
+        stores = []
+        for member in members:
+            with contextlib.suppress(BoardNotFound):
+                stores.append(await self.get(str(member).split(":", 1)[1]))
+        items = list(await asyncio.gather(*(store.board() for store in stores)))
+        return BoardPage(items, str(members[-1]) if more and members else None)
+
+    async def count(self) -> int:
+        return int(await self.link.call(self.link.redis.zcard(self._dir + "all")))
+
+    async def expire_idle(self, idle_for: float) -> list[str]:
+        now = self._clock()
+        cutoff = now - idle_for
+        redis = self.link.redis
+        candidates = await self.link.call(
+            redis.zrangebyscore(self._dir + "touched", "-inf", cutoff, start=0, num=1000)
+        )
+        removed = []
+        for slug in map(str, candidates):
+            if slug == MAIN.slug:
                 continue
-            if now - heard > 3 * PUBSUB_KEEPALIVE:
-                raise StoreUnavailable("no answer on the change subscription")
-            if now - pinged >= PUBSUB_KEEPALIVE:
-                await self._call(pubsub.ping())
-                pinged = now
-            else:  # an early None (a message redis-py swallowed): never spin
-                await asyncio.sleep(RECONNECT_MIN)
+            prefix = board_prefix(self.link.prefix, slug)
+            raw = await self.link.call(self._get(prefix + "touched"))
+            touched = float(raw) if raw else 0.0
+            if touched > cutoff:  # changed since the directory last looked: look again later
+                await self.link.call(redis.zadd(self._dir + "touched", {slug: touched}, xx=True))
+                continue
+            with contextlib.suppress(BoardNotFound):
+                await self.delete(slug)
+                removed.append(slug)
+        return removed
+
+
+    async def _get(self, key: str) -> str | None:
+        value = await self.link.redis.get(key)
+        return None if value is None else str(value)
+
+
+def _glob_escape(text: str) -> str:
+    """`text` as a literal SCAN pattern (its *, ?, [ and \\ escaped)."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

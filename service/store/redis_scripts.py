@@ -20,6 +20,11 @@ Every script gets the key prefix as ARGV[1]. Keys under the prefix P:
   P rounds         hash round -> JSON [round, title, closed_at, total_votes, voters, hidden]
   P round:<n>      string: JSON list of the round's final standings, rows as in FEATURE_ROW
   P changes        pub/sub channel carrying the new seq
+  P touched        string: Unix seconds of the last change (board_idle_ttl)
+  P gone           string '1' once the board is deleted: every mutation then answers 'noboard'
+where P is the board's prefix, `<redis_prefix>{b:<slug>}:` (ADR-012): the hash tag puts every
+key of one board in one Redis Cluster slot, so every script below touches one slot. The board
+directory (store/redis.py, RedisBoards) keeps its own keys under `<redis_prefix>{boards}:`.
 Each component of a sort key is written as 16 decimal digits of (value + KEY_OFFSET), so the
 byte order of members is the order of the keys (values are far inside +-KEY_OFFSET).
 """
@@ -105,6 +110,7 @@ local function rerank(id, status, up, down, new_up, new_down)
   end
 end
 local function changed()
+  redis.call('SET', P .. 'touched', redis.call('TIME')[1])
   local seq = redis.call('INCR', P .. 'seq')
   redis.call('PUBLISH', P .. 'changes', seq)
   return seq
@@ -133,6 +139,8 @@ local function append_summary(out, id)
   f[2] = head(f[2], {EXCERPT_BYTES})
   for i = 1, #FIELDS do out[#out + 1] = f[i] end
 end
+-- a deleted board (its directory entry gone) keeps a `gone` key: no change applies to it
+local function gone() return redis.call('EXISTS', P .. 'gone') == 1 end
 local function top_id(m) return tonumber(string.sub(m, {2 * KEY_WIDTH + 1})) - OFFSET end
 local function new_id(m) return OFFSET - tonumber(m) end
 """
@@ -145,6 +153,7 @@ local function new_id(m) return OFFSET - tonumber(m) end
 CREATE: Final = (
     _PRELUDE
     + f"""
+if gone() then return {{'noboard'}} end
 local idem = ARGV[2]
 if idem ~= '' then
   local seen = redis.call('HMGET', idem, 'title', 'description', 'id', 'created_at', 'expires')
@@ -178,6 +187,7 @@ return {{'created', id, changed(), hidden_flag()}}
 UPDATE: Final = (
     _PRELUDE
     + """
+if gone() then return {'noboard'} end
 local id = tonumber(ARGV[2])
 local cur = redis.call('HMGET', fkey(id), unpack(FIELDS))
 if not cur[1] then return {'notfound'} end
@@ -206,6 +216,7 @@ return {seq, unpack(redis.call('HMGET', fkey(id), unpack(FIELDS)))}
 DELETE: Final = (
     _PRELUDE
     + """
+if gone() then return {'noboard'} end
 local id = tonumber(ARGV[2])
 local cur = redis.call('HMGET', fkey(id), 'status', 'up', 'down')
 if not cur[1] then return {'notfound'} end
@@ -236,6 +247,7 @@ return {'deleted', changed()}
 VOTE: Final = (
     _PRELUDE
     + """
+if gone() then return {'noboard'} end
 local voter, id, value = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
 local cur = redis.call('HMGET', fkey(id), 'status', 'up', 'down')
 if not cur[1] then return {'notfound'} end
@@ -363,6 +375,7 @@ return out
 UPDATE_BOARD: Final = (
     _PRELUDE
     + """
+if gone() then return {'noboard'} end
 local key = P .. 'board'
 local cur = redis.call('HMGET', key, 'title', 'round', 'voting_open', 'results_hidden')
 local now = {title = cur[1] or ARGV[2], round = cur[2] or '1', voting_open = cur[3] or '1',
@@ -391,6 +404,7 @@ return {head, now.title, now.round, now.voting_open, now.results_hidden}
 RESET: Final = (
     _PRELUDE
     + """
+if gone() then return {'noboard'} end
 local key = P .. 'board'
 local board = redis.call('HMGET', key, 'title', 'round', 'voting_open', 'results_hidden')
 local title, round = board[1] or ARGV[3], tonumber(board[2] or '1')
@@ -454,4 +468,59 @@ if seq >= floor then return {seq, 0} end
 redis.call('SET', P .. 'seq', floor + 1)
 redis.call('PUBLISH', P .. 'changes', floor + 1)
 return {floor + 1, 1}
+"""
+
+
+# ARGV: prefix, title -> 1. A new board: its title, and the current layout (nothing to migrate).
+INIT_BOARD: Final = f"""
+local P = ARGV[1]
+redis.call('HSET', P .. 'board', 'title', ARGV[2])
+redis.call('SET', P .. 'layout', '{LAYOUT}')
+redis.call('SET', P .. 'touched', redis.call('TIME')[1])
+return 1
+"""
+
+# ARGV: prefix, grace seconds -> the seq. The board is deleted: mark it so no change applies,
+# and bump its seq so its watchers look again.
+MARK_GONE: Final = """
+local P = ARGV[1]
+redis.call('SET', P .. 'gone', '1', 'EX', ARGV[2])
+local seq = redis.call('INCR', P .. 'seq')
+redis.call('PUBLISH', P .. 'changes', seq)
+return seq
+"""
+
+# The board directory, keys under D = <redis_prefix>{boards}: (one slot):
+#   D all      sorted set, every score 0: "<created ms, 15 digits>:<slug>" (the order made)
+#   D info     hash slug -> JSON [join code, created_at, member of D all]
+#   D codes    hash join code -> slug (unique among live boards)
+#   D touched  sorted set slug -> Unix seconds of its last change known here (board_idle_ttl)
+# ARGV: D, slug, code, created_at, created ms, max boards, now
+# -> 'ok' | 'full' | 'taken' (the code belongs to another board: pick another)
+REGISTER_BOARD: Final = """
+local D = ARGV[1]
+if redis.call('HEXISTS', D .. 'info', ARGV[2]) == 1 then return 'ok' end
+if ARGV[2] ~= 'main' and redis.call('ZCARD', D .. 'all') >= tonumber(ARGV[6]) then return 'full' end
+if redis.call('HSETNX', D .. 'codes', ARGV[3], ARGV[2]) == 0 then return 'taken' end
+local member = string.format('%015d', tonumber(ARGV[5])) .. ':' .. ARGV[2]
+redis.call('HSET', D .. 'info', ARGV[2], cjson.encode({ARGV[3], ARGV[4], member}))
+redis.call('ZADD', D .. 'all', 0, member)
+redis.call('ZADD', D .. 'touched', ARGV[7], ARGV[2])
+return 'ok'
+"""
+
+# ARGV: D, slug, deletion channel -> 1 | 0 (no such board). Publishes the slug on the channel.
+UNREGISTER_BOARD: Final = """
+local D = ARGV[1]
+local raw = redis.call('HGET', D .. 'info', ARGV[2])
+if not raw then return 0 end
+local info = cjson.decode(raw)
+if redis.call('HGET', D .. 'codes', info[1]) == ARGV[2] then
+  redis.call('HDEL', D .. 'codes', info[1])
+end
+redis.call('HDEL', D .. 'info', ARGV[2])
+redis.call('ZREM', D .. 'all', info[3])
+redis.call('ZREM', D .. 'touched', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
 """
