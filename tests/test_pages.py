@@ -212,7 +212,9 @@ def test_screenshots_for_the_readme_can_be_made(
 ) -> None:
     """`make screenshots` works: the same code writes PNGs here, never into docs/img/."""
     shots = make_screenshots(browser, server, tmp_path)
-    assert [shot.name for shot in shots] == ["dashboard.png", "present.png"]
+    assert [shot.name for shot in shots] == [
+        "dashboard.png", "present.png", "board-present.png", "control.png", "join.png"
+    ]
     for shot in shots:
         assert shot.parent == tmp_path
         data = shot.read_bytes()
