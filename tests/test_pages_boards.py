@@ -210,14 +210,15 @@ def test_the_start_up_log_prints_the_urls() -> None:
 
 # --- in Chromium ---------------------------------------------------------------------------
 
-playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
-needs_chromium = pytest.mark.skipif(
-    chromium_path() is None,
-    reason="Debian chromium is not installed (apt-get install -y chromium)",
-)
-expect = playwright_api.expect
-Page = playwright_api.Page
-Browser = playwright_api.Browser
+try:  # without playwright the browser tests skip; the ones above still run
+    from playwright.sync_api import Browser, Page, expect
+except ImportError:  # pragma: no cover - playwright is in requirements-dev.txt
+    SKIP_BROWSER: str | None = "playwright is not installed"
+else:
+    SKIP_BROWSER = None if chromium_path() else (
+        "Debian chromium is not installed (apt-get install -y chromium)"
+    )
+needs_chromium = pytest.mark.skipif(SKIP_BROWSER is not None, reason=SKIP_BROWSER or "")
 
 
 class Console:
@@ -365,7 +366,9 @@ def test_new_board_presents_a_phone_joins_by_code_and_the_control_view_drives_th
         expect(control.locator("#past-rounds li")).to_have_count(1, timeout=LIVE_MS)
         assert loopback_server.request("GET", "/stats")[1]["board"]["round"] == 1
 
-        assert [c.errors for c in consoles] == [[], [], []]
+        # the phone's one failed load is the unknown code's 404 page
+        assert [e for e in consoles[2].errors if "status of 404" not in e] == [], consoles[2].errors
+        assert [c.errors for c in consoles[:2]] == [[], []]
     finally:
         laptop.close()
         phone_context.close()
