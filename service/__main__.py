@@ -14,6 +14,7 @@ from typing import Any, Final
 from aiohttp import WSCloseCode, web
 
 from . import keys
+from .addresses import is_loopback, reachable_hosts
 from .app import create_app, make_runner
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
@@ -21,6 +22,7 @@ from .logs import SHOWS_TOKEN, setup_logging
 
 log = logging.getLogger("service")
 MIN_WAIT: Final = 0.01  # seconds; the shortest wait handed to aiohttp's shutdown
+PAGE_LINES: Final = (("start a board", "/new"), ("dashboard", "/"), ("presenter", "/present"))
 
 
 _SERVE_FLAGS: list[tuple[tuple[str, ...], dict[str, Any]]] = [
@@ -71,6 +73,8 @@ async def serve(settings: Settings) -> None:
             settings.port,
             settings.store.split("@")[-1],
         )
+        for line in startup_urls(settings):
+            log.info("%s", line)
         if settings.secret.generated:
             token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
             log.warning(
@@ -83,6 +87,21 @@ async def serve(settings: Settings) -> None:
     finally:
         await runner.cleanup()  # the app's cleanup (broadcaster, store); no connection is left
     log.info("stopped")
+
+
+def startup_urls(settings: Settings, hosts: Sequence[str] | None = None) -> list[str]:
+    """Where to open the pages: on public_url when set, and on every address of this machine
+    another one can reach (loopback, with a warning, when there is none)."""
+    found = reachable_hosts(settings.host) if hosts is None else list(hosts)
+    bases = [settings.public_url.rstrip("/")] if settings.public_url else []
+    bases += [f"http://{host}:{settings.port}" for host in found]
+    lines = [f"{name}: {base}{path}" for base in bases for name, path in PAGE_LINES]
+    if all(is_loopback(host) for host in found):
+        lines.append(
+            "only a loopback address serves here: phones cannot reach it; listen on every "
+            "address (FV_HOST=0.0.0.0) and set FV_PUBLIC_URL to an address phones can open"
+        )
+    return lines
 
 
 async def _drain(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -149,7 +150,8 @@ def test_present_shows_qr_and_live_board(browser: Browser, server: Server) -> No
     for size in ((1920, 1080), (1280, 720)):
         page = open_page(browser, server.url + "/present", *size)
         expect(page.locator("#qr svg")).to_have_count(1)
-        expect(page.locator("#join-url")).to_have_text("votes.example.org")
+        expect(page.locator("#join-url")).to_have_text("votes.example.org/join")
+        expect(page.locator("#join-code")).to_have_text(re.compile(r"^[A-HJKMNP-Z2-9]{6}$"))
         expect(page.locator("#board li")).to_have_count(8)
         fits = page.evaluate(
             "[document.documentElement.scrollHeight <= innerHeight,"
@@ -212,7 +214,9 @@ def test_screenshots_for_the_readme_can_be_made(
 ) -> None:
     """`make screenshots` works: the same code writes PNGs here, never into docs/img/."""
     shots = make_screenshots(browser, server, tmp_path)
-    assert [shot.name for shot in shots] == ["dashboard.png", "present.png"]
+    assert [shot.name for shot in shots] == [
+        "dashboard.png", "present.png", "board-present.png", "control.png", "join.png"
+    ]
     for shot in shots:
         assert shot.parent == tmp_path
         data = shot.read_bytes()

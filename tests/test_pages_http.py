@@ -39,20 +39,26 @@ async def test_static_modules_are_served(client: Client, module: str) -> None:
     assert "innerHTML" not in await resp.text(), "user text must go in with textContent"
 
 
+async def main_code(client: Client) -> str:
+    code: str = (await (await client.get("/boards/main")).json())["join_code"]
+    return code
+
+
 async def test_present_uses_the_request_host_by_default(client: Client) -> None:
     html = await (await client.get("/present")).text()
     host = f"127.0.0.1:{client.port}"
-    assert f'<strong id="join-url">{host}</strong>' in html
-    assert qr_svg(f"http://{host}/") in html
+    assert f'<strong id="join-url">{host}/join</strong>' in html
+    assert qr_svg(f"http://{host}/join/{await main_code(client)}") in html
 
 
 async def test_present_uses_the_public_url(aiohttp_client: AiohttpClient) -> None:
     app: web.Application = create_app(make_settings(public_url="https://votes.example.org/"))
     client = await aiohttp_client(app)
     html = await (await client.get("/present")).text()
-    assert '<strong id="join-url">votes.example.org</strong>' in html
-    assert qr_svg("https://votes.example.org/") in html
-    assert "<svg" in qr_svg("https://votes.example.org/")
+    assert '<strong id="join-url">votes.example.org/join</strong>' in html
+    url = f"https://votes.example.org/join/{await main_code(client)}"
+    assert qr_svg(url) in html
+    assert "<svg" in qr_svg(url)
 
 
 async def test_hostile_host_header_is_escaped(client: Client) -> None:

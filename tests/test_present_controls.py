@@ -1,6 +1,7 @@
-"""Presenter controls in a real Chromium: the presenter (admin token entered on /present) locks,
-hides, reveals and starts a new round, and a second page — the dashboard — follows each change
-live. Real server process (tests/browser.py), Debian's chromium."""
+"""Presenter controls in a real Chromium: the presenter (admin token entered on the control view,
+/b/main/control) locks, hides, reveals and starts a new round, and the projected /present and
+the dashboard follow each change live. Real server process (tests/browser.py), Debian's
+chromium."""
 
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def row(page: Page, title: str) -> playwright_api.Locator:
 
 
 def sign_in(page: Page, token: str) -> None:
-    page.locator("#controls summary").click()
+    """Enter an admin token on /present (in its presenter drawer) or on the control view."""
+    drawer = page.locator("#controls summary")
+    if drawer.count():
+        drawer.click()
     page.fill("#admin-token", token)
     page.click("#admin-form button[type=submit]")
     expect(page.locator("#admin-panel")).to_be_visible()
@@ -69,32 +73,33 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     server.vote(ids["Export"], -1, server.token())
 
     presenter = open_page(browser, server.url + "/present")
+    control = open_page(browser, server.url + "/b/main/control")
     dashboard = open_page(browser, server.url + "/")
-    consoles = [Console(presenter), Console(dashboard)]
+    consoles = [Console(presenter), Console(control), Console(dashboard)]
     expect(row(dashboard, "SSO").locator(".score")).to_have_text("+3")
     expect(dashboard.locator("#closed-banner")).to_be_hidden()
+    # the projected screen has no lock, hide or round buttons: they are on the control view
+    assert presenter.locator("#toggle-lock, #toggle-hide, #next-round").count() == 0
 
     # a wrong token is refused and nothing is shown
-    presenter.locator("#controls summary").click()
-    presenter.fill("#admin-token", voter)
-    presenter.click("#admin-form button[type=submit]")
-    expect(presenter.locator("#admin-error")).to_contain_text("voter token")
-    expect(presenter.locator("#admin-panel")).to_be_hidden()
-    presenter.locator("#controls summary").click()  # close it again
-    sign_in(presenter, admin_token())
-    assert presenter.evaluate("localStorage.getItem('featureVotes.adminToken')")
+    control.fill("#admin-token", voter)
+    control.click("#admin-form button[type=submit]")
+    expect(control.locator("#admin-error")).to_contain_text("does not administer")
+    expect(control.locator("#admin-panel")).to_be_hidden()
+    sign_in(control, admin_token())
+    assert control.evaluate("localStorage.getItem('featureVotes.adminToken')")
 
-    # lock: both screens say so at once, the dashboard's vote buttons go grey, votes are 409
-    presenter.click("#toggle-lock")
-    for page in (presenter, dashboard):
+    # lock: every screen says so at once, the dashboard's vote buttons go grey, votes are 409
+    control.click("#toggle-lock")
+    for page in (presenter, control, dashboard):
         expect(page.locator("#closed-banner")).to_be_visible(timeout=LIVE_MS)
-    expect(presenter.locator("#toggle-lock")).to_have_text("Unlock voting")
+    expect(control.locator("#toggle-lock")).to_have_text("Unlock voting")
     expect(row(dashboard, "Dark mode").locator("button.vote.up")).to_be_disabled()
     status, _ = server.request("PUT", f"/features/{ids['Dark mode']}/vote", {"value": 1}, voter)
     assert status == 409
 
     # hide: the room sees no numbers and no ranking, the total still counts
-    presenter.click("#toggle-hide")
+    control.click("#toggle-hide")
     for page in (presenter, dashboard):
         expect(page.locator("#hidden-banner")).to_be_visible(timeout=LIVE_MS)
         expect(page.locator("#board li .score")).to_have_text(["—", "—", "—"], timeout=LIVE_MS)
@@ -103,13 +108,14 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     _, stats = server.request("GET", "/stats")
     assert stats["up"] is None and stats["total_votes"] == 4
     # votes keep coming while hidden: totals move, numbers stay hidden
-    presenter.click("#toggle-lock")
+    control.click("#toggle-lock")
     expect(dashboard.locator("#closed-banner")).to_be_hidden(timeout=LIVE_MS)
     server.vote(ids["Dark mode"], 1, server.token())
     expect(dashboard.locator("[data-total=votes]")).to_have_text("5", timeout=LIVE_MS)
     expect(presenter.locator("[data-total=votes]")).to_have_text("5", timeout=LIVE_MS)
     expect(row(dashboard, "Dark mode").locator(".score")).to_have_text("—")
     # the presenter's own socket carries the real numbers: a peek shows them on that screen only
+    sign_in(presenter, admin_token())
     presenter.check("#peek")
     expect(row(presenter, "SSO").locator(".score")).to_have_text("+3")
     expect(presenter.locator("#board li .title").first).to_have_text("SSO")
@@ -118,7 +124,7 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     expect(row(presenter, "SSO").locator(".score")).to_have_text("—")
 
     # reveal: the real numbers and order reach everyone at once
-    presenter.click("#toggle-hide")
+    control.click("#toggle-hide")
     for page in (presenter, dashboard):
         expect(page.locator("#hidden-banner")).to_be_hidden(timeout=LIVE_MS)
         expect(page.locator("#board li .title")).to_have_text(
@@ -127,10 +133,10 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     expect(row(dashboard, "Dark mode").locator(".score")).to_have_text("+1")
 
     # export: the presenter downloads the standings with their numbers
-    with presenter.expect_download() as download_info:
-        presenter.click("#admin-panel .control-row button.export[data-format=csv]")
+    with control.expect_download() as download_info:
+        control.click("#admin-panel .control-row button.export[data-format=csv]")
     download = download_info.value
-    assert download.suggested_filename == "feature-votes-round-1.csv"
+    assert download.suggested_filename.endswith("round-1.csv")
     rows = list(csv.DictReader(io.StringIO(Path(download.path()).read_text())))
     assert [(r["title"], r["score"]) for r in rows] == [("SSO", "3"), ("Dark mode", "1"),
                                                          ("Export", "-1")]
@@ -138,13 +144,13 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     # next round, after a confirmation: archived, votes cleared, voting open, everyone follows
     dashboard.locator("button.vote.up").first.click()  # the dashboard's voter has a vote now
     expect(dashboard.locator("button.vote.up").first).to_have_attribute("aria-pressed", "true")
-    presenter.click("#toggle-lock")
+    control.click("#toggle-lock")
     expect(dashboard.locator("#closed-banner")).to_be_visible(timeout=LIVE_MS)
-    presenter.click("#next-round")
-    expect(presenter.locator("#confirm-round")).to_be_visible()
-    expect(presenter.locator("#confirm-text")).to_contain_text("start round 2")
-    presenter.click("#confirm-yes")
-    for page in (presenter, dashboard):
+    control.click("#next-round")
+    expect(control.locator("#confirm-round")).to_be_visible()
+    expect(control.locator("#confirm-text")).to_contain_text("start round 2")
+    control.click("#confirm-yes")
+    for page in (presenter, control, dashboard):
         expect(page.locator("[data-board=round]").first).to_have_text("2", timeout=LIVE_MS)
         expect(page.locator("[data-total=votes]")).to_have_text("0", timeout=LIVE_MS)
         expect(page.locator("#closed-banner")).to_be_hidden(timeout=LIVE_MS)
@@ -154,11 +160,12 @@ def test_presenter_controls_drive_every_screen(browser: Browser, server: Server)
     _, rounds = server.request("GET", "/rounds")
     assert [r["round"] for r in rounds["items"]] == [1]
     assert rounds["items"][0]["total_votes"] == 6
-    expect(presenter.locator("#past-rounds li")).to_have_count(1, timeout=LIVE_MS)
+    expect(control.locator("#past-rounds li")).to_have_count(1, timeout=LIVE_MS)
 
     # the one refused sign-in is the only failed request
-    assert [e for e in consoles[0].errors if "status of 403" not in e] == [], consoles[0].errors
-    assert consoles[1].errors == [], consoles[1].errors
+    assert consoles[0].errors == [], consoles[0].errors
+    assert [e for e in consoles[1].errors if "status of 403" not in e] == [], consoles[1].errors
+    assert consoles[2].errors == [], consoles[2].errors
 
 
 def test_dashboard_sort_switch_lists_and_follows(browser: Browser, server: Server) -> None:

@@ -3,6 +3,14 @@ const KEY = "featureVotes.identity";
 const RENEW_BEFORE_MS = 60_000;
 let pending = null;
 
+/** The board this page shows (data-slug on <body>); the default board otherwise. */
+export const slug = document.body.dataset.slug || "main";
+
+/** A path of this board's REST API: boardPath("/features") is /boards/{slug}/features. */
+export function boardPath(suffix = "") {
+  return `/boards/${encodeURIComponent(slug)}${suffix}`;
+}
+
 function stored() {
   try {
     const id = JSON.parse(localStorage.getItem(KEY) || "null");

@@ -1,9 +1,9 @@
 // The dashboard: live leaderboard in the chosen order, +1/−1 toggles, and the proposal form.
-import { call, identity, problem } from "./api.js";
+import { boardPath, call, identity, problem } from "./api.js";
 import { describeMoves, renderBoard, renderBoardState, renderTotals } from "./board.js";
 import { LiveStats, showConnection } from "./live.js";
 
-const SORT_KEY = "featureVotes.sort";
+const SORT_KEY = "featureVotes.sort"; // one choice for every board: it is how this reader reads
 const SORTS = {
   top: "Top features", new: "Newest features", wilson: "Best rated", controversial: "Most controversial",
 };
@@ -53,7 +53,7 @@ async function refetch() {
     if (wait > 0) await new Promise((resolve) => setTimeout(resolve, wait));
     lastFetch = Date.now();
     const wanted = sort;
-    const res = await fetch(`/features?sort=${wanted}&limit=${LIST_LIMIT}`);
+    const res = await fetch(boardPath(`/features?sort=${wanted}&limit=${LIST_LIMIT}`));
     if (res.ok && wanted === sort) render((await res.json()).items);
   } catch (_) {
     // the next push tries again
@@ -74,7 +74,7 @@ sortSwitch.addEventListener("change", (event) => chooseSort(event.target.value))
 chooseSort(sort);
 
 async function loadMyVotes() {
-  const res = await call("GET", "/me/votes");
+  const res = await call("GET", boardPath("/me/votes"));
   if (res.ok) {
     myVotes = (await res.json()).votes;
     render(top);
@@ -89,8 +89,8 @@ async function vote(button) {
   for (const b of li.querySelectorAll("button.vote")) b.disabled = true;
   try {
     const res = retract
-      ? await call("DELETE", `/features/${id}/vote`)
-      : await call("PUT", `/features/${id}/vote`, { value });
+      ? await call("DELETE", boardPath(`/features/${id}/vote`))
+      : await call("PUT", boardPath(`/features/${id}/vote`), { value });
     if (!res.ok) {
       announce.textContent = (await problem(res)).detail || "The vote was not counted.";
       if (res.status === 409 && !votingOpen) announce.textContent = "Voting is closed.";
@@ -138,7 +138,7 @@ form.addEventListener("submit", async (event) => {
   const button = form.querySelector("button[type=submit]");
   button.disabled = true;
   try {
-    const res = await call("POST", "/features", body, { "Idempotency-Key": submitKey });
+    const res = await call("POST", boardPath("/features"), body, { "Idempotency-Key": submitKey });
     if (res.status === 201) {
       const feature = await res.json();
       submitKey = null;
@@ -163,5 +163,7 @@ form.addEventListener("submit", async (event) => {
 form.addEventListener("input", () => { submitKey = null; });
 
 const conn = document.getElementById("conn");
-new LiveStats({ onStats, onState: (state) => showConnection(conn, state) }).start();
+new LiveStats({
+  onStats, onState: (state) => showConnection(conn, state), path: boardPath("/ws"),
+}).start();
 identity().then(loadMyVotes).catch((err) => { announce.textContent = err.message; });

@@ -1,4 +1,4 @@
-// One WebSocket to /ws: a snapshot on connect, then newer stats; reconnects with backoff + jitter.
+// One WebSocket to a board's /boards/{slug}/ws: a snapshot on connect, then newer stats; reconnects with backoff + jitter.
 const BASE_DELAY_MS = 500;
 const MAX_DELAY_MS = 15_000;
 const PING_EVERY_MS = 20_000;
@@ -8,9 +8,10 @@ export class LiveStats {
   /**
    * onStats(stats) after every push; onState(state) for the indicator; optional onOpen(live)
    * right after each (re)connect (e.g. to send an admin token), onMessage(msg) for the other
-   * server messages ("auth" acks, "error"s).
+   * server messages ("auth" acks, "error"s); `path` is the socket's path.
    */
-  constructor({ onStats, onState, onOpen = () => {}, onMessage = () => {} }) {
+  constructor({ onStats, onState, onOpen = () => {}, onMessage = () => {}, path = "/ws" }) {
+    this.path = path;
     this.onStats = onStats;
     this.onState = onState;
     this.onOpen = onOpen;
@@ -46,7 +47,7 @@ export class LiveStats {
 
   url() {
     const scheme = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${scheme}//${location.host}/ws`;
+    return `${scheme}//${location.host}${this.path}`;
   }
 
   connect() {
