@@ -122,6 +122,25 @@ IF_NONE_MATCH_PARAM: Final = {
 }
 
 
+SLUG_PARAM: Final = {
+    "name": "slug",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string", "pattern": f"^({SLUG_PATTERN})$"},
+    "description": "The board: `main` (the default board) or the slug POST /boards made.",
+}
+CODE_PARAM: Final = {
+    "name": "code",
+    "in": "path",
+    "required": True,
+    "schema": {"type": "string"},
+    "description": (
+        f"A join code: {JOIN_CODE_LENGTH} of {JOIN_CODE_ALPHABET}, in any case (spaces and "
+        "dashes ignored)."
+    ),
+}
+
+
 @dataclass(frozen=True)
 class Op:
     method: str
@@ -136,6 +155,7 @@ class Op:
     headers: dict[str, str] = field(default_factory=dict)
     media: str = "application/json"
     description: str = ""
+    error_media: str = "application/problem+json"  # the pages answer errors as HTML pages
 
 
 def _vote_op(method: str, summary: str, request: type | None) -> Op:
@@ -308,26 +328,58 @@ OPERATIONS: Final[list[Op]] = [
         200,
         media="text/html",
     ),
+    Op(
+        "get",
+        "/new",
+        "The page that makes a board and opens its presenter view",
+        200,
+        media="text/html",
+    ),
+    Op("get", "/join", "The page to type a join code on", 200, media="text/html"),
+    Op(
+        "get",
+        "/join/{code}",
+        "Redirect (303) to the dashboard of the board with this join code",
+        303,
+        errors=(404,),
+        params=(CODE_PARAM,),
+        media="text/html",
+        headers={"Location": "/b/{slug}"},
+        error_media="text/html",
+    ),
+    Op(
+        "get",
+        "/b/{slug}",
+        "A board's live dashboard page",
+        200,
+        errors=(404,),
+        params=(SLUG_PARAM,),
+        media="text/html",
+        error_media="text/html",
+    ),
+    Op(
+        "get",
+        "/b/{slug}/present",
+        "A board's shared-screen page (join code and QR)",
+        200,
+        errors=(404,),
+        params=(SLUG_PARAM,),
+        media="text/html",
+        error_media="text/html",
+    ),
+    Op(
+        "get",
+        "/b/{slug}/control",
+        "A board's presenter controls, for the presenter's device",
+        200,
+        errors=(404,),
+        params=(SLUG_PARAM,),
+        media="text/html",
+        error_media="text/html",
+    ),
 ]
 
 
-SLUG_PARAM: Final = {
-    "name": "slug",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string", "pattern": f"^({SLUG_PATTERN})$"},
-    "description": "The board: `main` (the default board) or the slug POST /boards made.",
-}
-CODE_PARAM: Final = {
-    "name": "code",
-    "in": "path",
-    "required": True,
-    "schema": {"type": "string"},
-    "description": (
-        f"A join code: {JOIN_CODE_LENGTH} of {JOIN_CODE_ALPHABET}, in any case (spaces and "
-        "dashes ignored)."
-    ),
-}
 # The default board's paths that every board also answers under /boards/{slug} (ADR-012).
 BOARD_PATHS: Final = {
     "/features": "/features",
@@ -407,8 +459,9 @@ OPERATIONS.extend(_on_board(op) for op in list(OPERATIONS) if op.path in BOARD_P
 OPERATIONS.extend(BOARD_OPERATIONS)
 
 
-def _problem(status: int) -> dict[str, Any]:
-    content = {"application/problem+json": {"schema": {"$ref": REF.format(name="Problem")}}}
+def _problem(status: int, media: str = "application/problem+json") -> dict[str, Any]:
+    schema = {"$ref": REF.format(name="Problem")} if media.endswith("json") else {}
+    content = {media: {"schema": schema}}
     response: dict[str, Any] = {"description": HTTPStatus(status).phrase}
     if status != 304:
         response["content"] = content
@@ -446,7 +499,7 @@ def _operation(op: Op) -> dict[str, Any]:
         # 429: a new token from an address over its failed-token budget (auth_failure_rate),
         # refused before its signature is checked.
         errors |= {401, 429}
-    responses = {str(op.ok): ok} | {str(s): _problem(s) for s in sorted(errors)}
+    responses = {str(op.ok): ok} | {str(s): _problem(s, op.error_media) for s in sorted(errors)}
     out: dict[str, Any] = {
         "summary": op.summary,
         "operationId": op.method + re.sub(r"[^a-z]+", "_", op.path.lower()).rstrip("_"),
