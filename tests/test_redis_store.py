@@ -234,3 +234,45 @@ async def test_a_board_stored_before_the_new_rankings_gets_them_at_start() -> No
             await super(TestRedisStore, upgraded).close()  # the namespace goes with `store`
     finally:
         await store.close()
+
+
+async def test_data_stored_before_boards_becomes_the_default_boards() -> None:
+    """ADR-012: keys right under the prefix (ADR-005's layout) move under {b:main} at start."""
+    require_redis()
+    import redis
+
+    from service.schemas import FeatureCreate
+    from service.store.factory import boards_around
+    from service.store.redis import board_prefix
+
+    from .redis_support import TestRedisStore
+
+    store = TestRedisStore()
+    await store.start()
+    try:
+        fid = (await store.create_feature(FeatureCreate("Old feature", ""), owner="o")).feature.id
+        await store.set_vote("v1", fid, 1)
+        client = redis.Redis.from_url(store.url, decode_responses=True)
+        tagged = board_prefix(store.prefix, "main")
+        for key in list(client.scan_iter(match=store.prefix + "*")):  # as before boards
+            client.rename(key, store.prefix + key.removeprefix(tagged))
+        client.set(store.prefix + "rl:vote:someone", "1")  # a rate-limit key stays put
+        assert not client.exists(tagged + "seq") and client.exists(store.prefix + "seq")
+        client.close()
+
+        upgraded = TestRedisStore(prefix=store.prefix)  # this version starts on that data
+        boards = boards_around(upgraded, Settings())
+        await boards.start()
+        try:
+            main = boards.main
+            assert (await main.get_feature(fid)).up == 1
+            assert await main.votes_of("v1") == {fid: 1}
+            assert (await main.stats()).seq >= 2
+            client = redis.Redis.from_url(store.url, decode_responses=True)
+            assert client.exists(store.prefix + "rl:vote:someone")
+            assert not client.exists(store.prefix + "seq")
+            client.close()
+        finally:
+            await boards.close()
+    finally:
+        await store.close()

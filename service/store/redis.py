@@ -867,8 +867,32 @@ class RedisBoards(BoardDirectory):
     async def prepare(self) -> None:
         """main's directory entry and join code, and old data in today's layout."""
         with contextlib.suppress(StoreUnavailable):
+            await self._move_untagged_main()
             await self._register_main()
         await self._main.prepare()
+
+    async def _move_untagged_main(self) -> None:
+        """Data stored before boards (ADR-005's keys right under the prefix: `fv:seq`,
+        `fv:f:1`, ...) is the default board's: its keys move under `fv:{b:main}:` once. Rate
+        limit keys (`fv:rl:...`) and every tagged key stay where they are."""
+        redis, prefix = self.link.redis, self.link.prefix
+        main = board_prefix(prefix, MAIN.slug)
+        old_seq = await self.link.call(redis.exists(prefix + "seq"))
+        if not old_seq or await self.link.call(redis.exists(main + "seq")):
+            return
+        # One instance moves them; another starting meanwhile finds the keys gone (no error).
+        if not await self.link.call(redis.set(prefix + "moving", "1", nx=True, ex=60)):
+            return
+        moved = 0
+        async for key in redis.scan_iter(match=_glob_escape(prefix) + "*", count=1000):
+            rest = str(key)[len(prefix) :]
+            if rest.startswith(("{", "rl:", "boards:")) or rest == "moving":
+                continue
+            with contextlib.suppress(rex.ResponseError):  # moved by someone else meanwhile
+                await self.link.call(redis.renamenx(key, main + rest))
+                moved += 1
+        await self.link.call(redis.delete(prefix + "moving"))
+        log.info("moved %d keys of the board stored before boards under %s", moved, main)
 
     async def close(self) -> None:
         for task in list(self._tasks):
