@@ -877,8 +877,11 @@ class RedisBoards(BoardDirectory):
         limit keys (`fv:rl:...`) and every tagged key stay where they are."""
         redis, prefix = self.link.redis, self.link.prefix
         main = board_prefix(prefix, MAIN.slug)
-        old_seq = await self.link.call(redis.exists(prefix + "seq"))
-        if not old_seq or await self.link.call(redis.exists(main + "seq")):
+        found: int = await self.link.call(redis.exists(prefix + "seq"))
+        if not found:
+            return
+        found = await self.link.call(redis.exists(main + "seq"))
+        if found:
             return
         # One instance moves them; another starting meanwhile finds the keys gone (no error).
         if not await self.link.call(redis.set(prefix + "moving", "1", nx=True, ex=60)):
