@@ -21,9 +21,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
-from aiohttp import WSCloseCode, web
+from aiohttp import WSCloseCode
 
-from .frames import AUTH_ADMIN_FRAME, AUTH_PUBLIC_FRAME, PING_FRAME, RawSocket, text_frame
+from .frames import (
+    AUTH_ADMIN_FRAME,
+    AUTH_PUBLIC_FRAME,
+    PING_FRAME,
+    LiveSocket,
+    RawSocket,
+    text_frame,
+)
 from .metrics import Metrics
 from .store import Audience, StatsView, Store
 
@@ -43,7 +50,7 @@ class Client:
     """One socket's delivery state: the last seq written, since when it is behind, when the
     peer last sent anything (a message or a pong), and until when (wall clock) it is an admin's."""
 
-    ws: web.WebSocketResponse
+    ws: LiveSocket
     sock: RawSocket
     seen: float
     board: str = ""  # the slug of the board it watches
@@ -150,7 +157,7 @@ class Broadcaster:
                 frame = self._snapshots[audience] = _frame(view)
         return frame
 
-    async def add(self, ws: web.WebSocketResponse, transport: asyncio.Transport) -> Client:
+    async def add(self, ws: LiveSocket, transport: asyncio.Transport) -> Client:
         """Register a socket and write the current stats to it first, even mid-interval."""
         snapshot = await self._current(Audience.PUBLIC)
         client = Client(ws, RawSocket(ws, transport), seen=self._clock(), board=self._store.slug)
@@ -398,9 +405,7 @@ class Broadcasts:
         board = self._boards.get(slug)
         return board.caster if board is not None else None
 
-    async def add(
-        self, store: Store, ws: web.WebSocketResponse, transport: asyncio.Transport
-    ) -> Client:
+    async def add(self, store: Store, ws: LiveSocket, transport: asyncio.Transport) -> Client:
         """Register a socket on its board (starting the board's broadcaster if it is the first)
         and write the board's current stats to it."""
         if not self._open:

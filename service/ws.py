@@ -27,6 +27,7 @@ from .auth import TokenInvalid
 from .broadcaster import Broadcasts, Client
 from .core import Core
 from .errors import ApiError
+from .frames import LiveSocket
 from .ratelimit import LimiterUnavailable, RateLimited
 from .schemas import Auth, Pong, WsError, client_message_decoder, encoder
 from .store import StoreUnavailable
@@ -104,7 +105,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     core = core_of(request)
     address = client_of(request)
     await core.admit_socket(address)
-    ws = web.WebSocketResponse(
+    ws = LiveSocket(
         compress=False,
         # aiohttp refuses a message of max_msg_size bytes or more; ours may be exactly the setting.
         max_msg_size=settings.ws_max_msg_size + 1,
