@@ -80,7 +80,8 @@ def machine_addresses() -> list[IPAddress]:
     found.update(_probed())
     found.update(_named())
     usable = [
-        a for a in found
+        a
+        for a in found
         if not (a.is_loopback or a.is_link_local or a.is_multicast or a.is_unspecified)
     ]
     return sorted(usable, key=lambda a: (a.version, int(a)))

@@ -82,10 +82,16 @@ async def find_board_by_code(request: web.Request, code: str) -> Board | None:
 def board_paths(slug: str) -> dict[str, str]:
     """The pages of one board; the default board keeps its short paths."""
     if slug == DEFAULT_SLUG:
-        return {"dashboard_path": "/", "present_path": "/present",
-                "control_path": f"/b/{slug}/control"}
-    return {"dashboard_path": f"/b/{slug}", "present_path": f"/b/{slug}/present",
-            "control_path": f"/b/{slug}/control"}
+        return {
+            "dashboard_path": "/",
+            "present_path": "/present",
+            "control_path": f"/b/{slug}/control",
+        }
+    return {
+        "dashboard_path": f"/b/{slug}",
+        "present_path": f"/b/{slug}/present",
+        "control_path": f"/b/{slug}/control",
+    }
 
 
 def board_context(board: Board) -> dict[str, object]:
@@ -182,12 +188,16 @@ async def join(request: web.Request) -> web.Response:
     board = await find_board_by_code(request, typed)
     if board is not None:
         raise web.HTTPSeeOther(f"/b/{board.slug}")
-    error = "Type the code shown on the screen." if not typed.strip() else (
-        "No board has that code. Check the letters on the screen and try again."
+    error = (
+        "Type the code shown on the screen."
+        if not typed.strip()
+        else ("No board has that code. Check the letters on the screen and try again.")
     )
     status = web.HTTPUnprocessableEntity.status_code if not typed.strip() else 404
     return aiohttp_jinja2.render_template(
-        "join.html", request, {"code": typed.strip()[:JOIN_CODE_MAX], "error": error},
+        "join.html",
+        request,
+        {"code": typed.strip()[:JOIN_CODE_MAX], "error": error},
         status=status,
     )
 

@@ -1081,7 +1081,6 @@ class RedisBoards(BoardDirectory):
                 removed.append(slug)
         return removed
 
-
     async def _get(self, key: str) -> str | None:
         value = await self.link.redis.get(key)
         return None if value is None else str(value)
