@@ -7,8 +7,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, Final
 
 from aiohttp import WSCloseCode, web
@@ -19,6 +21,7 @@ from .app import create_app, make_runner
 from .auth import Role, Tokens
 from .config import ConfigError, Settings, load_settings
 from .logs import SHOWS_TOKEN, setup_logging
+from .store.factory import with_kept_secret
 
 log = logging.getLogger("service")
 MIN_WAIT: Final = 0.01  # seconds; the shortest wait handed to aiohttp's shutdown
@@ -43,7 +46,26 @@ def _parser() -> argparse.ArgumentParser:
         serve.add_argument(*flags, default=argparse.SUPPRESS, **kwargs)
     token = commands.add_parser("token", help="print a token signed with the configured secret")
     token.add_argument("--admin", action="store_true", help="an admin token (required for now)")
+    backup = commands.add_parser(
+        "backup", help="write a consistent copy of the SQLite store's file (also while serving)"
+    )
+    backup.add_argument("path", help="the file to write")
     return parser
+
+
+def _backup(settings: Settings, target: str) -> int:
+    if not settings.store.startswith("sqlite:///"):
+        print("feature-votes: backup copies the SQLite store; FV_STORE is another", file=sys.stderr)
+        return 2
+    from .store.sqlite import StoreFileError, backup_file, path_of
+
+    try:
+        backup_file(path_of(settings.store), Path(target))
+    except (StoreFileError, OSError, sqlite3.Error) as exc:
+        print(f"feature-votes: backup failed: {exc}", file=sys.stderr)
+        return 1
+    print(f"feature-votes: wrote {target}", file=sys.stderr)
+    return 0
 
 
 def _tokens(settings: Settings) -> Tokens:
@@ -150,12 +172,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             config_file=args.config, flags={"host": args.host, "port": args.port}
         )
+        settings = with_kept_secret(settings)
     except ConfigError as exc:
         print(f"feature-votes: {exc}", file=sys.stderr)
         return 2
+    if args.command == "backup":
+        return _backup(settings, args.path)
     if args.command == "token":
         if not args.admin:
             print("feature-votes: only admin tokens are minted here (--admin)", file=sys.stderr)
+            return 2
+        if settings.secret.generated:
+            print(
+                "feature-votes: no FV_SECRET and no durable store to keep one: this token is "
+                "signed with a random secret no running server accepts; set FV_SECRET (the "
+                "server's) or use the default SQLite store",
+                file=sys.stderr,
+            )
             return 2
         token, _ = _tokens(settings).issue(Role.ADMIN, "admin")
         print(token)

@@ -32,7 +32,7 @@ from .ratelimit import (
 )
 from .security import answer_headers, cors_preflight_middleware
 from .store import BoardDirectory, Store, StoreUnavailable
-from .store.factory import boards_around, store_from_settings
+from .store.factory import boards_around, boards_from_settings, shared_by_instances
 
 WEB_ROOT: Final = PROJECT_ROOT / "web"
 IDLE_SWEEP_MIN: Final = 1.0  # seconds between sweeps for idle boards: ttl / 10 within these
@@ -40,15 +40,10 @@ IDLE_SWEEP_MAX: Final = 60.0
 log = logging.getLogger(__name__)
 
 
-def make_store(settings: Settings) -> Store:
-    """The store named by the `store` setting (see service/store/factory.py)."""
-    return store_from_settings(settings)
-
-
 def rate_limits_from_settings(settings: Settings) -> RateLimits:
-    """Memory counters for the memory store; shared Redis counters for a Redis store."""
+    """Shared Redis counters for a Redis store; this process's own for the others."""
     limiter: Limiter
-    if settings.store == "memory":
+    if not shared_by_instances(settings):
         limiter = MemoryLimiter()
     else:
         limiter = RedisLimiter(
@@ -101,7 +96,7 @@ def create_app(
         cache_size=settings.token_cache_size,
         board_admin_ttl=settings.board_admin_token_ttl,
     )
-    boards = boards_around(store if store is not None else make_store(settings), settings)
+    boards = boards_around(store, settings) if store is not None else boards_from_settings(settings)
     app[keys.BOARDS] = boards
     app[keys.STORE] = boards.main
     app[keys.RATE_LIMITS] = rate_limits or rate_limits_from_settings(settings)

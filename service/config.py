@@ -24,7 +24,8 @@ CONVENTION_ENV: Final = {"WEB_CONCURRENCY": "workers"}
 MIN_SECRET_LENGTH: Final = 32
 # msgspec checks a pattern with re.search, where "$" also matches before a trailing newline
 # ("info\n" would pass): every pattern here ends in \Z, the very end of the string.
-_STORE_RE: Final = re.compile(r"^(memory|(redis|rediss|unix)://\S+)\Z")
+_STORE_RE: Final = re.compile(r"^(memory|(redis|rediss|unix)://\S+|sqlite:///\S+)\Z")
+DEFAULT_STORE: Final = "sqlite:///data/feature-votes.sqlite3"  # durable by default (ADR-002)
 
 
 class ConfigError(Exception):
@@ -81,7 +82,10 @@ class Settings(msgspec.Struct, frozen=True, forbid_unknown_fields=True, kw_only=
     host: str = "0.0.0.0"
     port: Port = 8080
     secret: Secret = msgspec.field(default_factory=Secret.random)
-    store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = "memory"
+    store: Annotated[str, msgspec.Meta(pattern=_STORE_RE.pattern)] = DEFAULT_STORE
+    # The SQLite store's file may grow to this many bytes (0: no bound); beyond it a change is
+    # a 503 and nothing is lost.
+    sqlite_max_bytes: NonNegativeInt = 0
     # Processes serving this board side by side (WEB_CONCURRENCY): more than one needs a shared
     # store, so the memory store refuses it (store/factory.py).
     workers: PositiveInt = 1

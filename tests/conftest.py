@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,9 @@ from service.keys import TOKENS
 from . import log_capture
 
 TEST_SECRET = "test-secret-that-is-long-enough-0001"
+# Servers the tests start as subprocesses keep nothing unless a test asks for a store: the
+# default (SQLite, data/ in the working directory) would leave state between runs.
+os.environ.setdefault("FV_STORE", "memory")
 NO_RATE_LIMITS: dict[str, Any] = {
     "token_rate": 0.0, "vote_rate": 0.0, "create_rate": 0.0, "ws_connect_rate": 0.0,
     "auth_failure_rate": 0.0, "board_create_rate": 0.0,
@@ -65,6 +69,7 @@ def make_settings(**overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "secret": Secret((TEST_SECRET,)),
         "drain_delay": 0.0,
+        "store": "memory",  # the tests of the SQLite store ask for it
         **NO_RATE_LIMITS,  # tests mint many tokens from one address; test_ratelimit turns them on
     }
     values.update(overrides)

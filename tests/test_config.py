@@ -46,7 +46,7 @@ def test_code_defaults_without_any_layer() -> None:
     assert (settings.host, settings.port, settings.store, settings.top_n) == (
         "0.0.0.0",
         8080,
-        "memory",
+        "sqlite:///data/feature-votes.sqlite3",  # durable by default (issue 16)
         20,
     )
     assert settings.allowed_origins == ()
@@ -81,7 +81,7 @@ def test_config_file_overrides_defaults(tmp_path: Path) -> None:
     assert settings.secret == Secret((SECRET_A,))
     assert settings.secret.generated is False
     # Untouched settings keep their code defaults.
-    assert settings.store == "memory"
+    assert settings.store == "sqlite:///data/feature-votes.sqlite3"
     assert settings.voter_token_ttl == Settings().voter_token_ttl
 
 

@@ -44,6 +44,7 @@ def clean_env(**extra: str) -> dict[str, str]:
     """The caller's environment without any Feature Votes setting, plus `extra`."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
     env["PYTHONUNBUFFERED"] = "1"
+    env["FV_STORE"] = "memory"  # the default (SQLite) would write data/ in the project
     env.update(extra)
     return env
 

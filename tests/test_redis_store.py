@@ -26,7 +26,9 @@ from .test_main import SECRET, clean_env, http, run_cli, serving
 
 def from_env(env: dict[str, str]) -> Settings:
     """The settings a process started with this environment gets (no config file)."""
-    return load_settings(env={"FV_SECRET": SECRET, **env}, use_default_file=False)
+    return load_settings(
+        env={"FV_SECRET": SECRET, "FV_STORE": "memory", **env}, use_default_file=False
+    )
 
 
 @pytest.mark.parametrize("env", [{}, {"WEB_CONCURRENCY": "1"}, {"WEB_CONCURRENCY": " "}])

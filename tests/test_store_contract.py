@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import shutil
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Final
 
@@ -24,6 +26,7 @@ from service.store import (
     Store,
     etag_for,
 )
+from service.store.sqlite import SqliteBoards
 
 from .redis_support import TestRedisStore, require_redis
 
@@ -61,8 +64,38 @@ async def _redis(top_n: int, idempotency_ttl: float, clock: FakeClock) -> Store:
     return store
 
 
+# A SQLite store's directory (and file) by its default board, closed with it (close_store).
+_SQLITE_DIRECTORIES: dict[int, tuple[SqliteBoards, str]] = {}
+
+
+async def _sqlite(top_n: int, idempotency_ttl: float, clock: FakeClock) -> Store:
+    """The default board of a SqliteBoards on a file of its own (removed on close)."""
+    folder = tempfile.mkdtemp(prefix="fv-contract-")
+    boards = SqliteBoards(
+        f"sqlite:///{folder}/store.sqlite3", top_n=top_n, idempotency_ttl=idempotency_ttl,
+        clock=clock,
+    )
+    _SQLITE_DIRECTORIES[id(boards.main)] = (boards, folder)
+    return boards.main
+
+
+async def close_store(store: Store) -> None:
+    """Close a store a factory made (a SQLite one with its directory and file)."""
+    found = _SQLITE_DIRECTORIES.pop(id(store), None)
+    if found is None:
+        await store.close()
+        return
+    boards, folder = found
+    await boards.close()
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # The one place to register a backend.
-STORE_FACTORIES: Final[dict[str, StoreFactory]] = {"memory": _memory, "redis": _redis}
+STORE_FACTORIES: Final[dict[str, StoreFactory]] = {
+    "memory": _memory,
+    "redis": _redis,
+    "sqlite": _sqlite,
+}
 
 
 @pytest.fixture
@@ -74,7 +107,7 @@ def clock() -> FakeClock:
 async def store(request: pytest.FixtureRequest, clock: FakeClock) -> AsyncIterator[Store]:
     made = await STORE_FACTORIES[request.param](TOP_N, IDEMPOTENCY_TTL, clock)
     yield made
-    await made.close()
+    await close_store(made)
 
 
 # --- helpers ------------------------------------------------------------------------------------

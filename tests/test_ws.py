@@ -852,6 +852,7 @@ async def start_service(
 
 async def test_shutdown_closes_every_socket_with_1001() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FV_") and k != "PORT"}
+    env["FV_STORE"] = "memory"
     env |= {
         "FV_SECRET": "shutdown-test-secret-0123456789abcdef",
         "FV_HOST": "127.0.0.1",

@@ -1018,7 +1018,7 @@ class RedisBoards(BoardDirectory):
     def _deleted(self, slug: str) -> None:
         """A board was deleted (here, or on another instance: the deletion channel)."""
         store = self._boards.pop(slug, None)
-        if store is None and slug == MAIN.slug:
+        if store is None:  # not seen here (no socket here watches it), or announced already
             return
         try:
             self._announce_deleted(slug)
