@@ -3,8 +3,8 @@
     .venv/bin/python bench/report.py            # full runs: bench/results/<name>.md/.json
     .venv/bin/python bench/report.py --quick    # quick runs: bench/results/<name>-quick.*
 
-Each benchmark (fanout, rest, cluster, boardsize) writes a markdown section and a .json whose
-"targets" list holds {"figure", "value", "target", "met"[, "note"]}. This script puts every
+Each benchmark (fanout, rest, cluster, boardsize, boards) writes a markdown section and a .json
+whose "targets" list holds {"figure", "value", "target", "met"[, "note"]}. This script puts every
 target into one table at the top, then the sections in a fixed order. A benchmark that has not
 been run yet is listed as missing, never as met.
 """
@@ -25,6 +25,7 @@ SECTIONS = (
     ("rest", "REST: against a trivial aiohttp handler and a FastAPI peer (bench/rest.py)"),
     ("cluster", "Cluster: cross-instance, two instances on two cores, slow clients"),
     ("boardsize", "Board size: vote and stats cost at 10 to 100,000 features"),
+    ("boards", "Boards: vote cost with 10,000 boards, sockets on other boards, memory per board"),
 )
 
 

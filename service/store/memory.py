@@ -7,7 +7,7 @@ import bisect
 import contextlib
 import functools
 import time
-from collections import OrderedDict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -98,6 +98,11 @@ def _top_bound(key: CursorKey) -> int:
     return (score << 128) + (neg_up << 64) + feature_id
 
 
+# What a status with no feature yet reads from (never written: _index makes a status's own).
+_NO_TOP: SortedList[int] = SortedList()
+_NO_NEW: SortedList[CursorKey] = SortedList()
+
+
 @dataclass(slots=True)
 class _Record:
     id: int
@@ -148,11 +153,12 @@ class MemoryStore(Store):
         # other statuses. These lists are only iterated (iter, irange), never indexed by
         # position, so SortedList never builds its positional index, which every add and
         # remove (every vote) would then have to update.
-        self._top: dict[Status, SortedList[int]] = {status: SortedList() for status in Status}
+        # A status's lists are made when its first feature is indexed (_index; reads use .get):
+        # an empty SortedList is ~300 bytes, and a new board has no feature in any status.
+        self._top: defaultdict[Status, SortedList[int]] = defaultdict(SortedList)
         # sort=new (no vote moves it): (-id,) keys of the whole board and of each status.
         self._new: SortedList[CursorKey] = SortedList()
-        self._new_by_status: dict[Status, SortedList[CursorKey]]
-        self._new_by_status = {status: SortedList() for status in Status}
+        self._new_by_status: defaultdict[Status, SortedList[CursorKey]] = defaultdict(SortedList)
         self._by_feature: dict[int, dict[str, CastVote]] = {}
         self._by_voter: dict[str, dict[int, CastVote]] = {}
         self._idempotency: OrderedDict[tuple[str, str], tuple[tuple[str, str], Feature, float]]
@@ -196,7 +202,10 @@ class MemoryStore(Store):
         The whole board: the first `count` of each status's list, sorted together (the lists
         are sorted runs, which sorted() merges in C, faster than heapq.merge in Python).
         """
-        lists = [self._top[status]] if status is not None else [t for t in self._top.values() if t]
+        if status is not None:
+            lists = [self._top.get(status, _NO_TOP)]
+        else:
+            lists = [t for t in self._top.values() if t]
         bound = None if after is None else _top_bound(after)
         runs = [
             iter(t) if bound is None else t.irange(minimum=bound, inclusive=(False, True))
@@ -300,7 +309,7 @@ class MemoryStore(Store):
         after: CursorKey | None,
         audience: Audience = Audience.PUBLIC,
     ) -> Page:
-        new = self._new if status is None else self._new_by_status[status]
+        new = self._new if status is None else self._new_by_status.get(status, _NO_NEW)
         if hides_order(sort, self._board.results_hidden, audience):
             return self._page_by_id(new, limit, after)
         if after is not None and len(after) != KEY_LENGTH[sort]:
