@@ -28,11 +28,11 @@ import os
 import secrets
 import sqlite3
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import msgspec
 
@@ -44,6 +44,8 @@ from ..schemas import (
     FeatureCreate,
     FeaturePatch,
     RoundSummary,
+    Sort,
+    Standings,
     Status,
     VoteOut,
     VoteValue,
@@ -54,7 +56,10 @@ from .base import (
     MAIN,
     Audience,
     Created,
+    CursorKey,
     Identity,
+    Page,
+    StatsView,
 )
 from .errors import StoreError, StoreUnavailable
 from .memory import DEFAULT_IDEMPOTENCY_TTL, MemoryBoards, MemoryStore, _Record
@@ -114,6 +119,9 @@ CREATE TABLE idempotency (
 """
 
 Statement = tuple[str, Sequence[Any]]
+_T = TypeVar("_T")
+READ_TRIES: Final = 3  # a read meeting failed commits this many times in a row answers 503
+REBUILD_WAIT: Final = 5.0  # seconds a read waits for memory to be rebuilt after a failed commit
 _feature_codec: Final = msgspec.json.Encoder()
 _feature_decoder: Final = msgspec.json.Decoder(Feature)
 _round_decoder: Final = msgspec.json.Decoder(tuple[RoundSummary, list[Feature]])
@@ -159,6 +167,28 @@ def _connect(path: Path, max_bytes: int) -> sqlite3.Connection:
     return conn
 
 
+def _check_ours(path: Path) -> None:
+    """A read-only look at an existing file: StoreFileError unless it is ours (or a SQLite
+    file with nothing in it) from this version or an older one. Nothing is written to it."""
+    try:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        with contextlib.closing(sqlite3.connect(uri, uri=True)) as conn:
+            app_id = conn.execute("PRAGMA application_id").fetchone()[0]
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    except sqlite3.DatabaseError as exc:
+        raise StoreFileError(f"{path} is not a readable SQLite file: {exc}") from None
+    if app_id == 0 and tables == 0:
+        return
+    if app_id != APPLICATION_ID:
+        raise StoreFileError(f"{path} is not a Feature Votes store (application_id {app_id:#x})")
+    if version > SCHEMA_VERSION:
+        raise StoreFileError(
+            f"{path} was written by a newer version (schema {version}; this one reads up to "
+            f"{SCHEMA_VERSION})"
+        )
+
+
 def open_file(path: Path, max_bytes: int = 0) -> tuple[sqlite3.Connection, str]:
     """Open (or create) the store file, migrated to SCHEMA_VERSION; (connection, epoch).
 
@@ -166,6 +196,8 @@ def open_file(path: Path, max_bytes: int = 0) -> tuple[sqlite3.Connection, str]:
     is left as it is (never overwritten)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fresh = not path.exists() or path.stat().st_size == 0
+    if not fresh:
+        _check_ours(path)  # before _connect, whose WAL mode would write to another's file
     try:
         conn = _connect(path, max_bytes)
         app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -223,6 +255,9 @@ class Journal:
         self.broken: str | None = None  # why writes are refused, while they are
         self.on_failure: Callable[[], None] = lambda: None
         self.commits = 0
+        # Clear from a failed commit until memory is the file's again: reads wait for it.
+        self.healthy = asyncio.Event()
+        self.healthy.set()
 
     def writable(self) -> None:
         if self.broken is not None:
@@ -275,6 +310,7 @@ class Journal:
                 self._flush()
             return
         self.broken = f"{type(exc).__name__}: {exc}"
+        self.healthy.clear()
         log.error("a commit to the store file failed (%s); rebuilding from the file", self.broken)
         failure = StoreUnavailable(f"the change could not be stored: {self.broken}")
         future.set_exception(failure)
@@ -285,6 +321,7 @@ class Journal:
 
     def recovered(self) -> None:
         self.broken = None
+        self.healthy.set()
 
     def read(self, fn: Callable[[sqlite3.Connection], Any]) -> asyncio.Future[Any]:
         """Run a read on the writer's thread (after every commit before it)."""
@@ -439,6 +476,80 @@ class DurableStore(MemoryStore):
         commit = self._journal.submit([*statements, self._board_row()])
         self._told_after(commit)
         await asyncio.shield(commit)
+
+    # --- reads show only what is committed ---------------------------------------------------
+
+    async def _settled(self, read: Callable[[], Awaitable[_T]]) -> _T:
+        """A read's answer once every change it may show is on disk: memory holds a change
+        from the step that applies it, before its commit, so without this wait a read (a
+        page's stats, its seq) could show what a crash takes back. After a failed commit the
+        read waits for memory to be rebuilt and reads again."""
+        journal = self._journal
+        for _ in range(READ_TRIES):
+            if not journal.healthy.is_set():
+                try:
+                    await asyncio.wait_for(journal.healthy.wait(), REBUILD_WAIT)
+                except TimeoutError:
+                    break
+            value = await read()  # from memory, in this step: no await in between
+            barrier = journal.barrier()
+            if barrier is None:
+                return value
+            with contextlib.suppress(StoreUnavailable):
+                await asyncio.shield(barrier)
+                return value
+        raise StoreUnavailable(f"the store file cannot be written: {journal.broken}")
+
+    async def get_feature(
+        self, feature_id: int, *, audience: Audience = Audience.PUBLIC
+    ) -> Feature:
+        return await self._settled(
+            functools.partial(super().get_feature, feature_id, audience=audience)
+        )
+
+    async def list_features(
+        self,
+        *,
+        sort: Sort,
+        status: Status | None,
+        limit: int,
+        after: CursorKey | None,
+        audience: Audience = Audience.PUBLIC,
+    ) -> Page:
+        read = functools.partial(
+            super().list_features,
+            sort=sort,
+            status=status,
+            limit=limit,
+            after=after,
+            audience=audience,
+        )
+        return await self._settled(read)
+
+    async def votes_of(self, voter: str) -> dict[int, CastVote]:
+        return await self._settled(functools.partial(super().votes_of, voter))
+
+    async def seq(self) -> int:
+        return await self._settled(super().seq)
+
+    async def stats(self, audience: Audience = Audience.PUBLIC) -> StatsView:
+        return await self._settled(functools.partial(super().stats, audience))
+
+    async def stats_by_audience(self) -> dict[Audience, StatsView]:
+        return await self._settled(super().stats_by_audience)
+
+    async def board(self) -> Board:
+        return await self._settled(super().board)
+
+    async def rounds(self) -> list[RoundSummary]:
+        return await self._settled(super().rounds)
+
+    async def standings(
+        self, round_no: int | None = None, *, audience: Audience = Audience.PUBLIC
+    ) -> Standings:
+        return await self._settled(
+            functools.partial(super().standings, round_no, audience=audience)
+        )
 
     # --- the changes ---------------------------------------------------------------------------
 
