@@ -234,6 +234,16 @@ class Stats(msgspec.Struct, frozen=True):
     ]
     generated_at: datetime
     board: Board
+    epoch: Annotated[
+        str,
+        msgspec.Meta(
+            description=(
+                "The identity of the store's data: the same across restarts of a durable "
+                "store, new when the data was lost (a memory store's restart, a Redis that came "
+                "back empty). seq is comparable only within one epoch."
+            )
+        ),
+    ] = ""
 
 
 class RoundSummary(msgspec.Struct, frozen=True):

@@ -678,10 +678,11 @@ async def test_stats_and_alias_agree(client: Client, board: dict[int, int]) -> N
         "top",
         "generated_at",
         "board",
+        "epoch",
     }
     assert without_time(body_a) == without_time(body_b)
     parse_time(body_a["generated_at"])
-    assert a.headers["ETag"] == b.headers["ETag"] == f'W/"{body_a["seq"]}"'
+    assert a.headers["ETag"] == b.headers["ETag"] == f'W/"{body_a["epoch"]}.{body_a["seq"]}"'
     up = sum(v.count(1) for v in BOARD_VOTES.values())
     down = sum(v.count(-1) for v in BOARD_VOTES.values())
     assert (body_a["total_features"], body_a["up"], body_a["down"]) == (8, up, down)
@@ -697,11 +698,12 @@ async def test_stats_and_alias_agree(client: Client, board: dict[int, int]) -> N
     ("if_none_match", "fresh"),
     [
         ("{etag}", True),
-        ('"{seq}"', True),
+        ('"{epoch}.{seq}"', True),
         ('W/"999", {etag}', True),
         ("*", True),
-        ('W/"{stale}"', False),
-        ('"{stale}"', False),
+        ('W/"{epoch}.{stale}"', False),
+        ('"{epoch}.{stale}"', False),
+        ('W/"{seq}"', False),  # a seq of another epoch confirms nothing
         ("garbage", False),
         ("", False),
     ],
@@ -714,10 +716,10 @@ async def test_stats_conditional_get(
     await cast(client, voter, fid, 1)
     first = await client.get(path)
     etag = first.headers["ETag"]
-    seq = (await first.json())["seq"]
+    seq, epoch = (await first.json())["seq"], (await first.json())["epoch"]
     assert seq > stale
-    assert etag == f'W/"{seq}"'
-    header = if_none_match.format(etag=etag, seq=seq, stale=stale)
+    assert etag == f'W/"{epoch}.{seq}"'
+    header = if_none_match.format(etag=etag, seq=seq, stale=stale, epoch=epoch)
     resp = await client.get(path, headers={"If-None-Match": header})
     body = await resp.read()
     if fresh:
@@ -736,7 +738,7 @@ async def test_seq_grows_on_every_change(client: Client, admin: Auth, voter: Aut
     async def record() -> None:
         resp = await client.get("/features/stats")
         body = await resp.json()
-        assert resp.headers["ETag"] == f'W/"{body["seq"]}"'
+        assert resp.headers["ETag"] == f'W/"{body["epoch"]}.{body["seq"]}"'
         seqs.append(body["seq"])
 
     fid = (await create_feature(client, voter))["id"]
@@ -809,7 +811,7 @@ async def test_top_defaults_to_20(client: Client, voter: Auth) -> None:
 async def test_stats_etag_is_consistent_with_304_after_change(client: Client, voter: Auth) -> None:
     first = await client.get("/stats")
     etag = first.headers["ETag"]
-    assert re.fullmatch(r'W/"\d+"', etag)
+    assert re.fullmatch(r'W/"[0-9a-f]{16}\.\d+"', etag)
     await create_feature(client, voter)
     resp = await client.get("/stats", headers={"If-None-Match": etag})
     assert resp.status == 200

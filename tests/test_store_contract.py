@@ -72,7 +72,9 @@ async def _sqlite(top_n: int, idempotency_ttl: float, clock: FakeClock) -> Store
     """The default board of a SqliteBoards on a file of its own (removed on close)."""
     folder = tempfile.mkdtemp(prefix="fv-contract-")
     boards = SqliteBoards(
-        f"sqlite:///{folder}/store.sqlite3", top_n=top_n, idempotency_ttl=idempotency_ttl,
+        f"sqlite:///{folder}/store.sqlite3",
+        top_n=top_n,
+        idempotency_ttl=idempotency_ttl,
         clock=clock,
     )
     _SQLITE_DIRECTORIES[id(boards.main)] = (boards, folder)
@@ -527,12 +529,14 @@ async def test_delete_takes_its_votes_along(store: Store) -> None:
 
 
 async def test_idempotent_replay_returns_the_same_feature(store: Store) -> None:
-    first = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                       idempotency_key="k1")
+    first = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     assert first.replayed is False
     before = await store.stats()
-    again = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                       idempotency_key="k1")
+    again = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     assert again.replayed is True
     assert again.feature == first.feature
     after = await store.stats()
@@ -542,10 +546,12 @@ async def test_idempotent_replay_returns_the_same_feature(store: Store) -> None:
 
 
 async def test_idempotency_compares_the_normalised_body(store: Store) -> None:
-    first = await store.create_feature(FeatureCreate("Dark mode", "x"), owner="alice",
-                                       idempotency_key="k1")
-    again = await store.create_feature(FeatureCreate("  Dark mode ", " x "), owner="alice",
-                                       idempotency_key="k1")
+    first = await store.create_feature(
+        FeatureCreate("Dark mode", "x"), owner="alice", idempotency_key="k1"
+    )
+    again = await store.create_feature(
+        FeatureCreate("  Dark mode ", " x "), owner="alice", idempotency_key="k1"
+    )
     assert again == Created(first.feature, True)
 
 
@@ -565,14 +571,17 @@ async def test_idempotency_conflict_on_another_body(store: Store, other: Feature
 
 
 async def test_idempotency_keys_belong_to_their_owner(store: Store) -> None:
-    mine = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                      idempotency_key="k1")
-    theirs = await store.create_feature(FeatureCreate("Dark mode"), owner="bob",
-                                        idempotency_key="k1")
+    mine = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
+    theirs = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="bob", idempotency_key="k1"
+    )
     assert theirs.replayed is False
     assert theirs.feature.id != mine.feature.id
-    conflicting_body = await store.create_feature(FeatureCreate("Other"), owner="carol",
-                                                  idempotency_key="k1")
+    conflicting_body = await store.create_feature(
+        FeatureCreate("Other"), owner="carol", idempotency_key="k1"
+    )
     assert conflicting_body.replayed is False
 
 
@@ -584,20 +593,24 @@ async def test_without_a_key_every_create_is_new(store: Store) -> None:
 
 
 async def test_idempotency_expires_after_the_ttl(store: Store, clock: FakeClock) -> None:
-    first = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                       idempotency_key="k1")
+    first = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     clock.advance(IDEMPOTENCY_TTL - 0.5)
-    replay = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                        idempotency_key="k1")
+    replay = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     assert replay == Created(first.feature, True)
     clock.advance(1.0)
-    fresh = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                       idempotency_key="k1")
+    fresh = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     assert fresh.replayed is False
     assert fresh.feature.id != first.feature.id
     # The key now names the new feature, and another body conflicts again.
-    replay = await store.create_feature(FeatureCreate("Dark mode"), owner="alice",
-                                        idempotency_key="k1")
+    replay = await store.create_feature(
+        FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1"
+    )
     assert replay == Created(fresh.feature, True)
     with pytest.raises(IdempotencyConflict):
         await store.create_feature(FeatureCreate("Other"), owner="alice", idempotency_key="k1")
@@ -606,8 +619,7 @@ async def test_idempotency_expires_after_the_ttl(store: Store, clock: FakeClock)
 async def test_expired_key_may_carry_another_body(store: Store, clock: FakeClock) -> None:
     await store.create_feature(FeatureCreate("Dark mode"), owner="alice", idempotency_key="k1")
     clock.advance(IDEMPOTENCY_TTL + 1)
-    other = await store.create_feature(FeatureCreate("Other"), owner="alice",
-                                       idempotency_key="k1")
+    other = await store.create_feature(FeatureCreate("Other"), owner="alice", idempotency_key="k1")
     assert other.replayed is False
     assert other.feature.title == "Other"
 
@@ -622,11 +634,24 @@ async def test_stats_body_matches_the_store(store: Store) -> None:
     view = await store.stats()
     body = json.loads(view.body)
     assert body["seq"] == view.seq
-    assert view.etag == etag_for(view.seq)
-    assert set(body) >= {"seq", "total_features", "total_votes", "up", "down", "voters", "top",
-                         "generated_at"}
-    assert (body["total_features"], body["total_votes"], body["up"], body["down"],
-            body["voters"]) == (2, 2, 1, 1, 2)
+    assert view.etag == etag_for(view.seq, epoch=json.loads(view.body)["epoch"])
+    assert set(body) >= {
+        "seq",
+        "total_features",
+        "total_votes",
+        "up",
+        "down",
+        "voters",
+        "top",
+        "generated_at",
+    }
+    assert (
+        body["total_features"],
+        body["total_votes"],
+        body["up"],
+        body["down"],
+        body["voters"],
+    ) == (2, 2, 1, 1, 2)
     assert [(f["id"], f["up"], f["down"], f["score"]) for f in body["top"]] == [
         (f2, 1, 0, 1),
         (f1, 0, 1, -1),
@@ -657,12 +682,13 @@ async def test_stats_are_cached_until_a_change(store: Store) -> None:
 @pytest.mark.parametrize(
     "change",
     [
-        pytest.param(lambda s, f: s.create_feature(FeatureCreate("another"), owner="o"),
-                     id="create"),
-        pytest.param(lambda s, f: s.update_feature(f, FeaturePatch(title="renamed")),
-                     id="update"),
-        pytest.param(lambda s, f: s.update_feature(f, FeaturePatch(status=Status.DONE)),
-                     id="close"),
+        pytest.param(
+            lambda s, f: s.create_feature(FeatureCreate("another"), owner="o"), id="create"
+        ),
+        pytest.param(lambda s, f: s.update_feature(f, FeaturePatch(title="renamed")), id="update"),
+        pytest.param(
+            lambda s, f: s.update_feature(f, FeaturePatch(status=Status.DONE)), id="close"
+        ),
         pytest.param(lambda s, f: s.delete_feature(f), id="delete"),
         pytest.param(lambda s, f: s.set_vote("bob", f, 1), id="vote"),
         pytest.param(lambda s, f: s.set_vote("alice", f, -1), id="change-vote"),
@@ -679,7 +705,7 @@ async def test_every_change_gives_new_seq_and_bytes(
     after = await store.stats()
     assert after.seq > before.seq
     assert after.body != before.body
-    assert after.etag == etag_for(after.seq) != before.etag
+    assert after.etag == etag_for(after.seq, epoch=json.loads(after.body)["epoch"]) != before.etag
 
 
 async def test_top_is_capped_at_top_n(store: Store) -> None:

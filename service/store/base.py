@@ -121,13 +121,16 @@ class StatsView(NamedTuple):
     etag: str
 
 
-def etag_for(seq: int, audience: Audience | None = None) -> str:
-    """W/"<seq>"; while results are hidden each audience has its own: W/"<seq>-public" etc.
+def etag_for(seq: int, audience: Audience | None = None, epoch: str = "") -> str:
+    """W/"<epoch>.<seq>"; while results are hidden each audience has its own:
+    W/"<epoch>.<seq>-public" etc. The epoch keeps a tag of lost data (a seq counted again from
+    0) from confirming a body it never described.
 
     Weak: instances sharing a store agree on seq but not on generated_at. Two audiences never
     share a tag for different bodies, so a 304 cannot confirm a body its reader may not see.
     """
-    return f'W/"{seq}"' if audience is None else f'W/"{seq}-{audience.value}"'
+    tag = f"{epoch}.{seq}" if epoch else str(seq)
+    return f'W/"{tag}"' if audience is None else f'W/"{tag}-{audience.value}"'
 
 
 class Identity(NamedTuple):

@@ -6,6 +6,7 @@ import asyncio
 import bisect
 import contextlib
 import functools
+import secrets
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Sequence
@@ -138,8 +139,11 @@ class MemoryStore(Store):
         clock: Callable[[], float] = time.monotonic,
         identity: Identity = MAIN,
         title: str = DEFAULT_BOARD.title,
+        epoch: str | None = None,
     ) -> None:
         self.identity = identity
+        # This process's data: nothing survives it, so every start is a new epoch.
+        self.epoch = epoch or secrets.token_hex(8)
         self._lock = asyncio.Lock()
         self._top_n = top_n
         self._max_features = max_features
@@ -466,6 +470,7 @@ class MemoryStore(Store):
             top=top,
             generated_at=datetime.now(UTC),
             board=board,
+            epoch=self.epoch,
         )
         new = self._new  # the first top_n by id ascending: the end of the id-desc order
         by_id = new.islice(max(0, len(new) - self._top_n), len(new), reverse=True)
@@ -590,6 +595,8 @@ class MemoryBoards(BoardDirectory):
         elif not main.identity.join_code:  # a store made on its own: give it a code
             main.rename(Identity(MAIN.slug, new_join_code(), datetime.now(UTC)))
         self._main = main
+        self.epoch = main.epoch  # every board of this process shares its epoch
+        self._make = functools.partial(self._make, epoch=self.epoch)
         self._boards: dict[str, MemoryStore] = {main.slug: main}  # in the order made
         self._codes: dict[str, str] = {main.identity.join_code: main.slug}
 
@@ -654,4 +661,3 @@ class MemoryBoards(BoardDirectory):
             with contextlib.suppress(BoardNotFound):
                 await self.delete(slug)
         return idle
-

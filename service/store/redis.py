@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from datetime import UTC, datetime
@@ -664,7 +665,9 @@ class RedisStore(Store):
                 cached = self._stats
                 if cached is not None and cached[0].seq >= self._notified:
                     return cached
-                built = self._build_stats(await self._script("stats", self._top_n))
+                built = self._build_stats(
+                    await self._script("stats", self._top_n, secrets.token_hex(8))
+                )
                 if built[0].seq >= self._notified:
                     self._stats = built
                     return built
@@ -676,12 +679,13 @@ class RedisStore(Store):
             cached = self._stats
             if cached is not None and cached[0].seq >= seq:
                 return cached
-            flat = await self._script("stats", self._top_n)
+            flat = await self._script("stats", self._top_n, secrets.token_hex(8))
             self._stats = self._build_stats(flat)
             return self._stats
 
     def _build_stats(self, flat: Sequence[Any]) -> tuple[StatsView, StatsView]:
         """Both audiences' views from one STATS reply; one shared view unless results are hidden."""
+        epoch, flat = str(flat[0]), flat[1:]
         seq = int(flat[0])
         board = _board(self.identity, *flat[5:9])
         top_end = 10 + int(flat[9]) * _FIELD_COUNT
@@ -695,6 +699,7 @@ class RedisStore(Store):
             top=_features(flat[10:top_end]),
             generated_at=datetime.now(UTC),
             board=board,
+            epoch=epoch,
         )
         return stats_views(stats, _features(flat[top_end:]))
 

@@ -21,6 +21,7 @@ Every script gets the key prefix as ARGV[1]. Keys under the prefix P:
   P round:<n>      string: JSON list of the round's final standings, rows as in FEATURE_ROW
   P changes        pub/sub channel carrying the new seq
   P touched        string: Unix seconds of the last change (board_idle_ttl)
+  P epoch          string: the identity of the board's data (made by STATS when missing)
   P gone           string '1' once the board is deleted: every mutation then answers 'noboard'
 where P is the board's prefix, `<redis_prefix>{b:<slug>}:` (ADR-012): the hash tag puts every
 key of one board in one Redis Cluster slot, so every script below touches one slot. The board
@@ -347,13 +348,20 @@ return 1
 """
 )
 
-# ARGV: prefix, n -> {seq, features, up, down, voters, the board (title, round, voting_open,
-# results_hidden: false when unset), count, then the top n as in LIST, then, while results are
-# hidden, the first n by id ascending (the public's top); descriptions at most EXCERPT_BYTES}
+# ARGV: prefix, n, a new epoch -> {epoch, seq, features, up, down, voters, the board (title,
+# round, voting_open, results_hidden: false when unset), count, then the top n as in LIST,
+# then, while results are hidden, the first n by id ascending (the public's top); descriptions
+# at most EXCERPT_BYTES}. The board's epoch is made here when it has none: at its first stats,
+# and again after Redis lost the board's data (the epoch key went with it).
 STATS: Final = (
     _PRELUDE
     + """
-local out = {redis.call('GET', P .. 'seq') or '0'}
+local epoch = redis.call('GET', P .. 'epoch')
+if not epoch then
+  epoch = ARGV[3]
+  redis.call('SET', P .. 'epoch', epoch)
+end
+local out = {epoch, redis.call('GET', P .. 'seq') or '0'}
 for _, v in ipairs(redis.call('HMGET', P .. 'totals', 'features', 'up', 'down', 'voters')) do
   out[#out + 1] = v or '0'
 end

@@ -757,7 +757,9 @@ class DurableStore(MemoryStore):
 
     def _adopt(self, fresh: DurableStore) -> None:
         """Take over another store's state, keeping this object (and its lock, listeners)."""
-        keep = {"_lock", "_listeners", "_journal", "_told", "_wall", "_clock", "directory"}
+        keep = {
+            "_lock", "_listeners", "_journal", "_told", "_wall", "_clock", "directory", "epoch",
+        }
         for name, value in vars(fresh).items():
             if name not in keep:
                 setattr(self, name, value)
@@ -787,6 +789,7 @@ class SqliteBoards(MemoryBoards):
         make = functools.partial(
             DurableStore,
             self.journal,
+            epoch=self.epoch,  # the file's: it outlives the process
             top_n=top_n,
             idempotency_ttl=idempotency_ttl,
             max_features=max_features,

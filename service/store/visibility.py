@@ -91,15 +91,15 @@ def stats_views(stats: Stats, first_by_id: Iterable[Feature]) -> tuple[StatsView
     public top with counts null, and the public totals up/down are null too. Otherwise both
     audiences share one view and one ETag.
     """
-    seq = stats.seq
+    seq, epoch = stats.seq, stats.epoch
     stats = msgspec.structs.replace(stats, top=[on_board(f) for f in stats.top])
     if not stats.board.results_hidden:
-        view = StatsView(seq, encoder.encode(stats), etag_for(seq))
+        view = StatsView(seq, encoder.encode(stats), etag_for(seq, epoch=epoch))
         return view, view
     hidden = msgspec.structs.replace(
         stats, up=None, down=None, top=[on_board(masked(f)) for f in first_by_id]
     )
     return (
-        StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC)),
-        StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN)),
+        StatsView(seq, encoder.encode(hidden), etag_for(seq, Audience.PUBLIC, epoch)),
+        StatsView(seq, encoder.encode(stats), etag_for(seq, Audience.ADMIN, epoch)),
     )

@@ -164,6 +164,11 @@ form.addEventListener("input", () => { submitKey = null; });
 
 const conn = document.getElementById("conn");
 new LiveStats({
-  onStats, onState: (state) => showConnection(conn, state), path: boardPath("/ws"),
+  onStats,
+  onState: (state) => showConnection(conn, state),
+  path: boardPath("/ws"),
+  // Every (re)connect: the votes as the server has them now (a restart may have lost some).
+  onOpen: () => { identity().then(loadMyVotes).catch((err) => { announce.textContent = err.message; }); },
+  // Another epoch: what this page remembers of its votes may not exist; forget it first.
+  onEpoch: () => { myVotes = {}; render(top); },
 }).start();
-identity().then(loadMyVotes).catch((err) => { announce.textContent = err.message; });

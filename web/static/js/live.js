@@ -10,11 +10,15 @@ export class LiveStats {
    * right after each (re)connect (e.g. to send an admin token), onMessage(msg) for the other
    * server messages ("auth" acks, "error"s); `path` is the socket's path.
    */
-  constructor({ onStats, onState, onOpen = () => {}, onMessage = () => {}, path = "/ws" }) {
+  constructor({
+    onStats, onState, onOpen = () => {}, onMessage = () => {}, onEpoch = () => {}, path = "/ws",
+  }) {
     this.path = path;
     this.onStats = onStats;
     this.onState = onState;
     this.onOpen = onOpen;
+    this.onEpoch = onEpoch; // onEpoch(epoch) when the server's data changed identity
+    this.epoch = null;
     this.onMessage = onMessage;
     this.attempt = 0;
     this.seq = -1;
@@ -83,6 +87,15 @@ export class LiveStats {
       this.onMessage(msg);
       return;
     }
+    const epoch = msg.stats && msg.stats.epoch;
+    if (epoch && this.epoch && epoch !== this.epoch) {
+      // Another epoch: the server's data is not the data this page counted from (a memory
+      // store restarted, a Redis came back empty). Its seq means nothing here any more.
+      this.seq = -1;
+      this.epoch = epoch;
+      this.onEpoch(epoch);
+    }
+    if (epoch) this.epoch = epoch;
     if (msg.seq <= this.seq) return; // stale: never go back
     this.seq = msg.seq;
     this.onStats(msg.stats);
