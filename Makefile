@@ -67,10 +67,11 @@ lint: $(VENV)/.dev
 # Benchmarks (bench/README in bench/RESULTS.md): fan-out against a floor and two peers with a Node
 # `ws` client fleet, REST against a trivial aiohttp handler and a FastAPI + uvicorn vote peer with
 # wrk, the cluster over Redis, board size, boards (10,000 of them, sockets on other boards, memory
-# per board). Every request goes through aiohttp (no vote lane).
+# per board), the durable store (votes/s on SQLite ÷ memory, the load at start). Every request
+# goes through aiohttp (no vote lane).
 # Each writes bench/results/<name>.md/.json; report.py assembles bench/RESULTS.md and fanout.py
 # draws bench/fanout.png. Run it on a quiet machine (~1 h); `make bench-quick` is a smoke run.
-BENCHES := fanout rest cluster boardsize boards
+BENCHES := fanout rest cluster boardsize boards durable
 $(VENV)/.bench: requirements.txt bench/requirements.txt | $(BIN)/activate
 	$(PY) -m pip install --quiet -r bench/requirements.txt
 	touch $@

@@ -3,10 +3,10 @@
     .venv/bin/python bench/report.py            # full runs: bench/results/<name>.md/.json
     .venv/bin/python bench/report.py --quick    # quick runs: bench/results/<name>-quick.*
 
-Each benchmark (fanout, rest, cluster, boardsize, boards) writes a markdown section and a .json
-whose "targets" list holds {"figure", "value", "target", "met"[, "note"]}. This script puts every
-target into one table at the top, then the sections in a fixed order. A benchmark that has not
-been run yet is listed as missing, never as met.
+Each benchmark (fanout, rest, cluster, boardsize, boards, durable) writes a markdown section and
+a .json whose "targets" list holds {"figure", "value", "target", "met"[, "note"]}. This script
+puts every target into one table at the top, then the sections in a fixed order. A benchmark
+that has not been run yet is listed as missing, never as met.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ SECTIONS = (
     ("cluster", "Cluster: cross-instance, two instances on two cores, slow clients"),
     ("boardsize", "Board size: vote and stats cost at 10 to 100,000 features"),
     ("boards", "Boards: vote cost with 10,000 boards, sockets on other boards, memory per board"),
+    ("durable", "Durable store: votes/s on SQLite ÷ memory, load at start (bench/durable.py)"),
 )
 
 
