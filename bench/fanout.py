@@ -228,6 +228,7 @@ def start_server(
     if kind == "ours":
         cmd = [*pin, python, "-m", "service"]
         env.update(FV_SECRET=secret, FV_HOST=HOST, PORT=str(port), **UNLIMITED)
+        env.update(FV_STORE="memory")  # as these figures were set (the default is SQLite now)
         env.update(extra_env)
         cwd = source
     elif kind == "floor":

@@ -186,6 +186,7 @@ def start_server(
     if kind in ("ours", "ours-noaccess"):
         cmd = [*pin, python, "-m", "service"]
         env.update(FV_SECRET=secrets.token_urlsafe(32), FV_HOST=HOST, PORT=str(port), **UNLIMITED)
+        env.update(FV_STORE="memory")  # the memory store unless asked (bench/durable.py does)
         env.update(extra)
         if kind == "ours-noaccess":
             env["FV_ACCESS_LOG"] = "false"
