@@ -249,6 +249,10 @@ class Journal:
         self._conn = conn
         self._executor = concurrent.futures.ThreadPoolExecutor(1, "sqlite-writer")
         self._pending: list[Statement] = []
+        # The boards the open batch changed: each one's row (its seq, controls, next id) is
+        # written once per batch, as it is at the last change, and after the commit each
+        # board's listeners hear of its newest seq once.
+        self._pending_boards: dict[DurableStore, None] = {}
         self._pending_future: asyncio.Future[None] | None = None
         self._inflight: asyncio.Future[None] | None = None
         self._last: asyncio.Future[None] | None = None  # the newest batch's commit
@@ -263,9 +267,14 @@ class Journal:
         if self.broken is not None:
             raise StoreUnavailable(f"the store file cannot be written: {self.broken}")
 
-    def submit(self, statements: Iterable[Statement]) -> asyncio.Future[None]:
+    def submit(
+        self, statements: Iterable[Statement], board: DurableStore | None = None
+    ) -> asyncio.Future[None]:
+        """Add a change's rows (and mark its board changed) to the open batch."""
         self.writable()
         self._pending.extend(statements)
+        if board is not None:
+            self._pending_boards[board] = None
         if self._pending_future is None:
             self._pending_future = asyncio.get_running_loop().create_future()
             self._last = self._pending_future
@@ -281,12 +290,14 @@ class Journal:
     def _flush(self) -> None:
         if self._inflight is not None or self._pending_future is None:
             return
-        batch, future = self._pending, self._pending_future
-        self._pending, self._pending_future = [], None
+        batch, future, boards = self._pending, self._pending_future, self._pending_boards
+        self._pending, self._pending_future, self._pending_boards = [], None, {}
+        told = [(board, board.seq_now) for board in boards]  # what commits with this batch
+        batch.extend(board.board_row() for board in boards)
         self._inflight = future
         loop = asyncio.get_running_loop()
         done = loop.run_in_executor(self._executor, self._commit, batch)
-        done.add_done_callback(functools.partial(self._committed, future))
+        done.add_done_callback(functools.partial(self._committed, future, told))
 
     def _commit(self, batch: list[Statement]) -> None:
         conn = self._conn
@@ -300,12 +311,19 @@ class Journal:
                 conn.execute("ROLLBACK")
             raise
 
-    def _committed(self, future: asyncio.Future[None], done: asyncio.Future[None]) -> None:
+    def _committed(
+        self,
+        future: asyncio.Future[None],
+        told: list[tuple[DurableStore, int]],
+        done: asyncio.Future[None],
+    ) -> None:
         self._inflight = None
         exc = done.exception()
         if exc is None:
             self.commits += 1
             future.set_result(None)
+            for board, seq in told:
+                board.tell(seq)
             if self._pending_future is not None:
                 self._flush()
             return
@@ -316,7 +334,7 @@ class Journal:
         future.set_exception(failure)
         if self._pending_future is not None:
             self._pending_future.set_exception(failure)
-        self._pending, self._pending_future = [], None
+        self._pending, self._pending_future, self._pending_boards = [], None, {}
         self.on_failure()
 
     def recovered(self) -> None:
@@ -419,19 +437,21 @@ class DurableStore(MemoryStore):
 
     def _changed(self) -> None:
         """MemoryStore's bookkeeping of a change, without telling listeners yet (they hear of
-        it after its commit: _told_after)."""
+        it after its commit: Journal._committed tells them)."""
         listeners, self._listeners = self._listeners, []
         try:
             super()._changed()
         finally:
             self._listeners = listeners
 
-    def _told_after(self, commit: asyncio.Future[None] | None) -> None:
-        seq = self._seq
-        if commit is None:
-            self._tell_now(seq)
-        else:
-            commit.add_done_callback(lambda f: None if f.exception() else self._tell_now(seq))
+    @property
+    def seq_now(self) -> int:
+        """The seq in memory (a change may still be on its way to the file)."""
+        return self._seq
+
+    def tell(self, seq: int) -> None:
+        """The journal committed this board's changes up to `seq`: listeners hear of it."""
+        self._tell_now(seq)
 
     def _tell_now(self, seq: int) -> None:
         if seq > self._told:
@@ -440,6 +460,10 @@ class DurableStore(MemoryStore):
                 listener(seq)
 
     # --- the rows a change writes --------------------------------------------------------------
+
+    def board_row(self) -> Statement:
+        """The board's own row as memory holds it now (the journal adds it once per batch)."""
+        return self._board_row()
 
     def _board_row(self) -> Statement:
         board = self._board
@@ -473,9 +497,7 @@ class DurableStore(MemoryStore):
             if barrier is not None:
                 await asyncio.shield(barrier)
             return
-        commit = self._journal.submit([*statements, self._board_row()])
-        self._told_after(commit)
-        await asyncio.shield(commit)
+        await asyncio.shield(self._journal.submit(statements, self))
 
     # --- reads show only what is committed ---------------------------------------------------
 
