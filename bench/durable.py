@@ -1,6 +1,6 @@
 """Durable store benchmark (issue 16): votes/s on SQLite ÷ on memory, and the load at start.
 
-    .venv/bin/python bench/durable.py            # 3 repetitions of 10 s; 100,000 votes loaded
+    .venv/bin/python bench/durable.py            # 5 repetitions of 10 s; 100,000 votes loaded
                                                  # 3 times (~3 min)
     .venv/bin/python bench/durable.py --quick    # 1 repetition of 2 s; 10,000 votes (< 1 min)
     .venv/bin/python bench/durable.py --only load   # one part (rest, load)
@@ -507,7 +507,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="1 repetition of 2 s; 10,000 votes")
     p.add_argument("--only", help=f"comma-separated parts ({', '.join(PARTS)})")
-    p.add_argument("--reps", type=int, help="repetitions of the REST part (default 3; quick 1)")
+    p.add_argument(
+        "--reps", type=int, help="repetitions of the REST part (default 5: a noisy VM; quick 1)"
+    )
     p.add_argument("--duration", type=int, help="seconds per wrk run (default 10; quick 2)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of warm-up votes (default 1)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (default 50)")
@@ -525,7 +527,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     args.parts = PARTS if not args.only else tuple(args.only.split(","))
     if set(args.parts) - set(PARTS):
         p.error(f"--only takes {', '.join(PARTS)}")
-    args.reps = args.reps or (1 if quick else 3)
+    args.reps = args.reps or (1 if quick else 5)
     args.duration = args.duration or (2 if quick else 10)
     args.load_votes = args.load_votes or (10_000 if quick else 100_000)
     args.quiet_wait = args.quiet_wait if args.quiet_wait is not None else (2.0 if quick else 10.0)
