@@ -341,6 +341,12 @@ class Broadcaster:
             else:
                 client.sock.write(PING_FRAME)
 
+    async def close_one(self, client: Client, code: int, message: bytes) -> None:
+        """Close one socket (it stays registered until its handler removes it)."""
+        self._clients.discard(client)
+        self._behind.discard(client)
+        await self._close(client, code, message)
+
     def _drop(self, client: Client) -> None:
         self._clients.discard(client)
         self._behind.discard(client)
@@ -419,10 +425,15 @@ class Broadcasts:
             board = self._boards[store.slug] = _Board(caster)
         board.joining += 1
         try:
-            return await board.caster.add(ws, transport)
+            client = await board.caster.add(ws, transport)
         finally:
             board.joining -= 1
             self._stop_if_empty(store.slug, board)
+        if store.deleted or self._boards.get(store.slug) is not board:
+            # The board was deleted while this socket joined (after its look-up): its
+            # deletion closed the sockets there were, so this one is closed here.
+            self.close_later(board.caster, client)
+        return client
 
     def remove(self, client: Client) -> None:
         board = self._boards.get(client.board)
@@ -457,6 +468,13 @@ class Broadcasts:
         if board is not None:
             await board.caster.close_all(code, message)
             await board.caster.stop()
+
+    def close_later(self, caster: Broadcaster, client: Client) -> None:
+        task = asyncio.create_task(
+            caster.close_one(client, WSCloseCode.GOING_AWAY, b"board deleted")
+        )
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def close_board_later(self, slug: str) -> None:
         """A board was deleted: its sockets get 1001 (the deletion listener; not a coroutine)."""

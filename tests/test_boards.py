@@ -280,6 +280,11 @@ async def test_listing_boards_pages_with_a_cursor(client: Client, site_admin: Au
         if cursor is None:
             break
     assert seen == ["main", *made]
+    # A page goes on after its cursor's board even when that board was deleted meanwhile.
+    page = await ok(await client.get("/boards?limit=2", headers=site_admin))
+    await ok(await client.delete(f"/boards/{made[0]}", headers=site_admin), 204)
+    rest = await ok(await client.get(f"/boards?cursor={page['next_cursor']}", headers=site_admin))
+    assert [b["slug"] for b in rest["items"]] == made[1:]
     await problem(await client.get("/boards?cursor=!!", headers=site_admin), 422)
     await problem(await client.get("/boards?limit=0", headers=site_admin), 422)
 

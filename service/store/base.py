@@ -273,6 +273,7 @@ class Store(abc.ABC):
         """Call listener(seq) after every change; returns the unsubscribe function."""
 
     identity: Identity = MAIN
+    deleted: bool = False  # the board was deleted (a request may still hold its store)
 
     @property
     def slug(self) -> str:

@@ -85,9 +85,12 @@ def with_kept_secret(settings: Settings) -> Settings:
 
     try:
         kept = load_or_make_secret(path_of(settings.store))
+        secret = Secret((kept,))
     except OSError as exc:
         raise ConfigError("store", f"cannot keep the secret beside the file: {exc}") from None
-    return msgspec.structs.replace(settings, secret=Secret((kept,)))
+    except ValueError as exc:  # an empty or short secret file: someone's edit, not ours
+        raise ConfigError("store", f"the secret file beside the store is unusable: {exc}") from None
+    return msgspec.structs.replace(settings, secret=secret)
 
 
 def boards_around(main: Store, settings: Settings) -> BoardDirectory:

@@ -599,6 +599,8 @@ class MemoryBoards(BoardDirectory):
         self._make = functools.partial(self._make, epoch=self.epoch)
         self._boards: dict[str, MemoryStore] = {main.slug: main}  # in the order made
         self._codes: dict[str, str] = {main.identity.join_code: main.slug}
+        self._made: dict[str, int] = {main.slug: 0}  # slug -> its position in the order made
+        self._next_position = 1
 
     @property
     def main(self) -> MemoryStore:
@@ -629,6 +631,8 @@ class MemoryBoards(BoardDirectory):
         store = self._make(identity=identity, title=title)
         self._boards[slug] = store
         self._codes[code] = slug
+        self._made[slug] = self._next_position
+        self._next_position += 1
         return store
 
     async def delete(self, slug: str) -> None:
@@ -636,20 +640,35 @@ class MemoryBoards(BoardDirectory):
             raise BoardKept("the default board (main) cannot be deleted")
         store = await self.get(slug)
         await store.mark_deleted()
-        if self._boards.pop(slug, None) is None:  # another delete won meanwhile
+        self._forget(store)
+
+    def _forget(self, store: MemoryStore) -> None:
+        """A deleted board leaves the directory: nobody finds it, its sockets are told."""
+        if self._boards.pop(store.slug, None) is None:  # another delete won meanwhile
             return
+        self._made.pop(store.slug, None)
         self._codes.pop(store.identity.join_code, None)
-        self._announce_deleted(slug)
+        self._announce_deleted(store.slug)
 
     async def listing(self, *, limit: int, after: str | None) -> BoardPage:
-        slugs = list(self._boards)
+        """In the order made; the cursor is the position the last one was made at, so a page
+        goes on after it even when that board was deleted meanwhile."""
+        slugs = list(self._boards)  # insertion order: positions ascending
         start = 0
         if after is not None:
-            start = slugs.index(after) + 1 if after in self._boards else len(slugs)
+            try:
+                position = int(after)
+            except ValueError:
+                position = len(self._made) + 1 << 62  # not ours: nothing after it
+            start = bisect.bisect_right([self._made[s] for s in slugs], position)
         page = slugs[start : start + limit]
         items = [self._boards[s].current_board for s in page]
         more = start + limit < len(slugs)
-        return BoardPage(items, page[-1] if more and page else None)
+        return BoardPage(items, str(self._made[page[-1]]) if more and page else None)
+
+    def position_of(self, slug: str) -> int:
+        """Where a board comes in the order boards were made (main: 0)."""
+        return self._made[slug]
 
     async def count(self) -> int:
         return len(self._boards)

@@ -428,6 +428,7 @@ class RedisStore(Store):
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.identity = identity
+        self.deleted = False  # set when this instance hears of the board's deletion
         self._owns_link = link is None
         if link is None:
             if url is None:
@@ -806,6 +807,7 @@ _info_decoder: Final = msgspec.json.Decoder(tuple[str, str, str])
 # the board up before the delete (slugs are never made twice).
 GONE_GRACE: Final = 7 * 24 * 3600
 UNLINK_BATCH: Final = 500
+GONE_REMEMBERED: Final = 10_000  # deleted slugs an instance remembers (never made twice)
 
 
 class RedisBoards(BoardDirectory):
@@ -857,6 +859,7 @@ class RedisBoards(BoardDirectory):
         self._clock = clock
         self._dir = f"{self.link.prefix}{{boards}}:"
         self._boards: dict[str, RedisStore] = {}
+        self._gone: dict[str, None] = {}  # slugs deleted lately (insertion-ordered, bounded)
         self.link.on_deleted(self._deleted)
         self.link.on_reconnect(self._recheck_soon)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -963,7 +966,7 @@ class RedisBoards(BoardDirectory):
         if store is not None:
             return store
         identity = await self._info(slug)
-        if identity is None:
+        if identity is None or slug in self._gone:
             raise BoardNotFound(f"board {slug!r} does not exist")
         return self._store(identity)
 
@@ -1022,9 +1025,15 @@ class RedisBoards(BoardDirectory):
 
     def _deleted(self, slug: str) -> None:
         """A board was deleted (here, or on another instance: the deletion channel)."""
+        # Remembered even when not cached here: a look-up in flight (its directory read sent
+        # before the delete) must not cache the board after this.
+        self._gone[slug] = None
+        while len(self._gone) > GONE_REMEMBERED:
+            self._gone.pop(next(iter(self._gone)))
         store = self._boards.pop(slug, None)
         if store is None:  # not seen here (no socket here watches it), or announced already
             return
+        store.deleted = True
         try:
             self._announce_deleted(slug)
         except Exception:

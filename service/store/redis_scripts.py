@@ -471,6 +471,7 @@ return {'archived', summary, redis.call('GET', P .. 'round:' .. ARGV[2])}
 RAISE_SEQ: Final = """
 local P = ARGV[1]
 local seq = tonumber(redis.call('GET', P .. 'seq') or '0')
+if redis.call('EXISTS', P .. 'gone') == 1 then return {seq, 0} end  -- deleted: its keys go
 local floor = tonumber(ARGV[2])
 if seq >= floor then return {seq, 0} end
 redis.call('SET', P .. 'seq', floor + 1)

@@ -61,11 +61,13 @@ from .base import (
     Page,
     StatsView,
 )
-from .errors import StoreError, StoreUnavailable
+from .errors import BoardKept, StoreError, StoreUnavailable
 from .memory import DEFAULT_IDEMPOTENCY_TTL, MemoryBoards, MemoryStore, _Record
 
 APPLICATION_ID: Final = 0x46566F74  # "FVot": this file is a Feature Votes store
 SCHEMA_VERSION: Final = 1
+REBUILD_RETRY_MIN: Final = 0.1  # seconds between attempts to rebuild memory from the file
+REBUILD_RETRY_MAX: Final = 5.0
 log = logging.getLogger(__name__)
 
 SCHEMA: Final = """
@@ -151,9 +153,24 @@ def load_or_make_secret(db: Path) -> str:
     except FileNotFoundError:
         pass
     value = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    # Written whole and synced before it is in place: a crash leaves no empty secret file.
+    temporary = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(value + "\n")
+        out.flush()
+        os.fsync(out.fileno())
+    try:
+        os.link(temporary, path)  # fails if another process put one there first
+    except FileExistsError:
+        return path.read_text().strip()
+    finally:
+        temporary.unlink(missing_ok=True)
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
     return value
 
 
@@ -772,15 +789,22 @@ class DurableStore(MemoryStore):
         return self._position
 
     async def rebuild(self, rows: _BoardRows) -> None:
-        """restore() under the board's lock, then listeners hear of the current seq."""
+        """restore() under the board's lock. (Its seq, which never goes back, is written to
+        the file before listeners hear of it: SqliteBoards._rebuild.)"""
         async with self._lock:
             self.restore(rows)
-            self._tell_now(self._seq)
 
     def _adopt(self, fresh: DurableStore) -> None:
         """Take over another store's state, keeping this object (and its lock, listeners)."""
         keep = {
-            "_lock", "_listeners", "_journal", "_told", "_wall", "_clock", "directory", "epoch",
+            "_lock",
+            "_listeners",
+            "_journal",
+            "_told",
+            "_wall",
+            "_clock",
+            "directory",
+            "epoch",
         }
         for name, value in vars(fresh).items():
             if name not in keep:
@@ -850,6 +874,8 @@ class SqliteBoards(MemoryBoards):
             assert isinstance(store, DurableStore)
             store.restore(rows)
             self._boards[rows.identity.slug] = store
+            self._made[rows.identity.slug] = rows.position
+            self._next_position = max(self._next_position, rows.position + 1)
             self._codes[rows.identity.join_code] = rows.identity.slug
         votes = sum(len(r.votes) for r in found)
         log.info("loaded %d board(s), %d vote(s) from %s", len(found) or 1, votes, self.path)
@@ -858,7 +884,7 @@ class SqliteBoards(MemoryBoards):
         self.journal.writable()
         store = await super().create(title)
         assert isinstance(store, DurableStore)
-        position = max((s.position for s in self._durable()), default=0) + 1
+        position = self.position_of(store.slug)
         commit = self.journal.submit([store.insert_row(position)])
         try:
             await asyncio.shield(commit)
@@ -869,17 +895,25 @@ class SqliteBoards(MemoryBoards):
         return store
 
     async def delete(self, slug: str) -> None:
+        """First no change applies (marked under the board's lock), then the rows go in one
+        commit, and only once that commit holds does the board leave memory: a failed commit
+        (503) leaves the board as the file has it, there and in memory."""
+        if slug == MAIN.slug:
+            raise BoardKept("the default board (main) cannot be deleted")
         self.journal.writable()
-        await super().delete(slug)
-        await asyncio.shield(
-            self.journal.submit(
-                [
-                    (f"DELETE FROM {table} WHERE board = ?", (slug,))
-                    for table in ("features", "votes", "rounds", "idempotency")
-                ]
-                + [("DELETE FROM boards WHERE slug = ?", (slug,))]
-            )
-        )
+        store = await self.get(slug)
+        await store.mark_deleted()
+        statements: list[Statement] = [
+            (f"DELETE FROM {table} WHERE board = ?", (slug,))
+            for table in ("features", "votes", "rounds", "idempotency")
+        ]
+        statements.append(("DELETE FROM boards WHERE slug = ?", (slug,)))
+        try:
+            await asyncio.shield(self.journal.submit(statements))
+        except StoreUnavailable:
+            store.deleted = False  # (the rebuild restores it from the file as well)
+            raise
+        self._forget(store)
 
     def _durable(self) -> Iterable[DurableStore]:
         return (s for s in self._boards.values() if isinstance(s, DurableStore))
@@ -889,7 +923,21 @@ class SqliteBoards(MemoryBoards):
             self._rebuilding = asyncio.get_running_loop().create_task(self._rebuild())
 
     async def _rebuild(self) -> None:
-        """After a failed commit: memory becomes what the file holds again, then writes resume."""
+        """After a failed commit: memory becomes what the file holds again, then writes resume.
+        A rebuild that cannot read the file is tried again (backing off), never given up."""
+        delay = REBUILD_RETRY_MIN
+        while True:
+            try:
+                await self._rebuild_once()
+                return
+            except (sqlite3.Error, OSError, StoreUnavailable) as exc:
+                log.error(
+                    "rebuilding from %s failed (%s); trying again in %gs", self.path, exc, delay
+                )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, REBUILD_RETRY_MAX)
+
+    async def _rebuild_once(self) -> None:
         found = await self.journal.read(read_boards)
         by_slug = {rows.identity.slug: rows for rows in found}
         for slug, store in list(self._boards.items()):
@@ -901,6 +949,13 @@ class SqliteBoards(MemoryBoards):
             if isinstance(store, DurableStore):
                 await store.rebuild(rows)
         self.journal.recovered()
+        # Each board's seq (kept from memory when higher: seq never goes back) goes to the
+        # file first; listeners hear of it once that commit holds (Journal._committed).
+        commit = None
+        for store in self._durable():
+            commit = self.journal.submit([], store)
+        if commit is not None:
+            await asyncio.shield(commit)
         log.warning("memory rebuilt from %s; writes are taken again", self.path)
 
     async def close(self) -> None:
