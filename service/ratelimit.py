@@ -103,7 +103,9 @@ class MemoryLimiter(Limiter):
         slot = (rule.name, key)
         tat = max(self._tat.get(slot, now), now)
         next_tat = tat + rule.emission
-        allow_at = next_tat - rule.burst * rule.emission
+        # (tat + emission) - burst x emission, without the round trip through the sum: with a
+        # large clock value that sum rounds, and a first hit under a burst of 1 was refused.
+        allow_at = tat - (rule.burst - 1) * rule.emission
         if now < allow_at:
             return allow_at - now
         if not count:
