@@ -1,11 +1,13 @@
 """Boards benchmark: vote cost with 10,000 boards, sockets on other boards, memory per board.
 
     .venv/bin/python bench/boards.py            # 10,000 boards, 5,000 sockets; 3 repetitions
-                                                # (~12 min, + up to 30 s per round for quiet)
+                                                # (~15 min, + up to 30 s per round for quiet)
     .venv/bin/python bench/boards.py --quick    # 1,000 boards, 1,000 sockets; 2 short reps (~2 min)
-    .venv/bin/python bench/boards.py --only store,memory   # a subset of the three parts
+    .venv/bin/python bench/boards.py --only store,memory   # a subset of the four parts
+    .venv/bin/python bench/boards.py --only http --keep-others  # one part; the others' figures
+                                                # kept from the last results file (meta says so)
 
-Three parts (issue 15's "Benchmarks"), each a ratio against a reference measured in the same run:
+Four parts (issue 15's "Benchmarks"), each a ratio against a reference measured in the same run:
   * store: vote cost in a directory of 10,000 boards (10 features each) ÷ in a directory of one
     board (10 features), for MemoryBoards and RedisBoards (service/store), through the directory
     as the service calls it: `await boards.get(slug)` then `set_vote`. The votes of the many-board
@@ -14,6 +16,17 @@ Three parts (issue 15's "Benchmarks"), each a ratio against a reference measured
     and gc.freeze as bench/boardsize.py: distinct (voter, feature) pairs, +1/-1, each flipped,
     each retracted; CPU = this thread's time plus, for Redis, its redis-server's run time
     (schedstat). One redis-server per directory (own port, no persistence, stopped at the end).
+  * http: the store figure end to end, memory store: two `python -m service` (FV_STORE=memory,
+    rate limits off, FV_MAX_BOARDS twice the boards), pinned to CPU 0, seeded through the API
+    (POST /boards, POST /boards/{slug}/features): one with main alone (10 features), one with
+    10,000 (quick 1,000) boards of 10 features. Per run, 30,000 (quick 6,000) votes from wrk
+    (-t1 -c50, CPU 1, bench/boards_wrk.lua sends each request of a generated file once):
+    PUT/DELETE /boards/{slug}/features/{id}/vote, voters on 5 distinct (board, feature) pairs
+    each, +1/-1, each flipped, each retracted; on random boards, and on the many-board server
+    also all on one board. Figure: the server's CPU (utime + stime, /proc/<pid>/stat) per vote,
+    many ÷ one, median of the repetitions' ratios (order alternating each round, a warm-up
+    round dropped). Redis is not measured this way (seeding 10,000 boards through the API into
+    Redis alone would take minutes; the store part's Redis ratio is 1.11).
   * sockets: one `python -m service` (memory store, rate limits off), pinned to CPU 0. Board B
     has 10 features and 10 watching sockets; 100 (quick 50) other boards exist. Per repetition,
     both conditions in turn (order alternating): "none" = only B's sockets; "others" = plus 5,000
@@ -44,11 +57,13 @@ import datetime as dt
 import gc
 import hashlib
 import json
+import math
 import os
 import platform
 import random
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -62,6 +77,7 @@ from typing import Any
 
 import aiohttp
 import boardsize as bs
+import rest as rb
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -83,7 +99,10 @@ WATCHERS = 10  # sockets on the voted board, in both conditions
 # so a full run's windows last one period each: each holds one sweep of every board.
 HEARTBEAT = 30.0
 UNLIMITED = {f"FV_{n}_RATE": "0" for n in ("TOKEN", "VOTE", "CREATE", "WS_CONNECT", "BOARD_CREATE")}
-PARTS = ("store", "sockets", "memory")
+PARTS = ("store", "http", "sockets", "memory")
+LUA = BENCH / "boards_wrk.lua"
+HTTP_PAIRS = 5  # distinct (board, feature) pairs per voter and run of the HTTP part
+HTTP_CONNECTIONS = 50
 NO_DISK = ("--save", "", "--appendonly", "no")
 SCRIPT = str(Path(__file__).resolve())
 
@@ -99,6 +118,7 @@ class Plan:
     vote_rate: float  # votes/s on the voted board
     votes: int  # votes per window (x3 pattern, so a multiple of 3)
     empty_boards: int  # boards created for the memory figure
+    http_votes: int  # votes per run of the HTTP part (x3 pattern: a multiple of 3 * HTTP_PAIRS)
 
 
 # --- part 1: vote cost through the directory --------------------------------------------------
@@ -261,6 +281,212 @@ async def part_store(
                 }
             )
     return {"rows": rows, "seeding_s": {k: round(v, 1) for k, v in seeding.items()}}
+
+
+# --- part 1b: vote cost over HTTP, end to end ------------------------------------------------
+
+
+@dataclass
+class HttpBoards:
+    """One `python -m service` (memory store) seeded through its API."""
+
+    name: str  # "1 board" | "10k boards"
+    server: rb.Server
+    features: dict[str, list[int]]  # slug -> feature ids, main first
+    tokens: list[str] = field(default_factory=list)
+
+
+async def seed_http(session: aiohttp.ClientSession, base: str, n: int) -> dict[str, list[int]]:
+    """main plus n - 1 boards through POST /boards, FEATURES features each through POST
+    /boards/{slug}/features (32 requests at a time); slug -> feature ids, main first."""
+    gate = asyncio.Semaphore(32)
+    owner = (await post_json(session, base + "/auth/token", None))["token"]
+
+    async def board(i: int) -> str:
+        async with gate:
+            made = await post_json(session, base + "/boards", {"title": f"Board {i}"})
+            return str(made["board"]["slug"])
+
+    slugs = ["main", *await asyncio.gather(*(board(i) for i in range(1, n)))]
+    found: dict[str, list[int]] = {s: [] for s in slugs}
+
+    async def add(slug: str, i: int) -> None:
+        body = {"title": feature(i).title, "description": feature(i).description}
+        async with gate:
+            made = await post_json(session, f"{base}/boards/{slug}/features", body, owner)
+        found[slug].append(int(made["id"]))
+
+    for start in range(0, n, 500):  # a few thousand requests pending at a time
+        await asyncio.gather(
+            *(add(s, i) for s in slugs[start : start + 500] for i in range(FEATURES))
+        )
+    return found
+
+
+async def http_tokens(session: aiohttp.ClientSession, base: str, k: int) -> list[str]:
+    gate = asyncio.Semaphore(32)
+
+    async def one() -> str:
+        async with gate:
+            return str((await post_json(session, base + "/auth/token", None))["token"])
+
+    return list(await asyncio.gather(*(one() for _ in range(k))))
+
+
+def http_vote_lines(
+    rng: random.Random, features: dict[str, list[int]], slugs: list[str], tokens: list[str], n: int
+) -> list[str]:
+    """n requests (boards.py --quick: fewer) for boards_wrk.lua: n // 3 // HTTP_PAIRS voters,
+    each on HTTP_PAIRS distinct (board, feature) pairs drawn from `slugs` (+1 for even voters,
+    -1 for odd), in random order; then each flipped, then each retracted (DELETE), in the same
+    order. Every request changes a vote and the boards end as they began."""
+    first = []
+    for j in range(n // 3 // HTTP_PAIRS):
+        pairs: set[tuple[str, int]] = set()
+        while len(pairs) < HTTP_PAIRS:
+            slug = rng.choice(slugs)
+            pairs.add((slug, rng.choice(features[slug])))
+        first += [(j, s, f, 1 if j % 2 == 0 else -1) for s, f in sorted(pairs)]
+    rng.shuffle(first)
+
+    def line(j: int, slug: str, f: int, v: int) -> str:
+        path = f"/boards/{slug}/features/{f}/vote"
+        if v:
+            return f'PUT\t{path}\t{tokens[j]}\t{{"value":{v}}}'
+        return f"DELETE\t{path}\t{tokens[j]}\t"
+
+    return [
+        *(line(j, s, f, v) for j, s, f, v in first),
+        *(line(j, s, f, -v) for j, s, f, v in first),
+        *(line(j, s, f, 0) for j, s, f, _ in first),
+    ]
+
+
+def http_run(
+    target: HttpBoards, votes_file: Path, client_pin: list[str], connections: int
+) -> dict[str, Any]:
+    """Send every request of votes_file once with wrk; the server's CPU (utime + stime) from just
+    before wrk starts until every vote has been answered, per vote."""
+    pid = target.server.proc.pid
+    cmd = [*client_pin, "wrk", "-t1", f"-c{connections}", "-d300s", "--latency", "-s", str(LUA)]
+    cmd += [f"http://{HOST}:{target.server.port}/", "--", str(votes_file)]
+    self_pid = os.getpid()
+    t0, b0 = time.monotonic(), rb.machine_busy()
+    s0, m0 = rb.cpu_seconds(pid), rb.cpu_seconds(self_pid)
+    wrk = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, preexec_fn=rb._die_with_parent
+    )
+    assert wrk.stdout is not None
+    head = []
+    try:
+        for raw in wrk.stdout:  # until the script says every vote was answered (or wrk ends)
+            head.append(raw.decode(errors="replace"))
+            if raw.startswith(b"boards-wrk answered"):
+                break
+        t1, b1, s1 = time.monotonic(), rb.machine_busy(), rb.cpu_seconds(pid)
+        m1 = rb.cpu_seconds(self_pid)
+        wrk_s = rb.cpu_seconds(wrk.pid) if wrk.poll() is None else math.nan
+        wrk.send_signal(signal.SIGINT)  # wrk sleeps for -d otherwise
+        out = "".join(head) + wrk.stdout.read().decode(errors="replace")
+        wrk.wait(10)
+    finally:
+        rb.stop_process(wrk, grace=2)
+    if wrk.returncode != 0:
+        raise RuntimeError(f"wrk exited {wrk.returncode}:\n{out[-2000:]}")
+    script = rb.parse_wrk(out)["script"]
+    votes, window = int(script["answered"]), t1 - t0
+    bad = {k: v for k, v in script["statuses"].items() if k != "200"}
+    if bad or votes != int(script["sent"]):
+        raise RuntimeError(f"{target.name}: {votes} of {script['sent']} answered; {script}")
+    other = (b1 - b0) - (s1 - s0) - wrk_s - (m1 - m0)
+    return {
+        "votes": votes,
+        "fillers": int(script["fillers"]),
+        "server_cpu_s": round(s1 - s0, 3),
+        "us_per_vote": 1e6 * (s1 - s0) / votes,
+        "votes_per_s": votes / window,
+        "p99_ms": script["p99_us"] / 1000,
+        "server_cpu_pct": 100 * (s1 - s0) / window,
+        "wrk_cpu_pct": 100 * wrk_s / window,
+        "other_cpu_pct": max(0.0, 100 * other / window),
+    }
+
+
+async def part_http(
+    plan: Plan, args: argparse.Namespace, pin: list[str], client_pin: list[str], logdir: Path
+) -> dict[str, Any]:
+    python = str(ROOT / ".venv" / "bin" / "python")
+    extra = {**UNLIMITED, "FV_MAX_BOARDS": str(2 * plan.boards), "FV_STORE": "memory"}
+    many = f"{label(plan.boards)} boards"
+    targets: dict[str, HttpBoards] = {}
+    seeding: dict[str, float] = {}
+    session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120))
+    rng = random.Random(20261205)
+    runs: list[dict[str, Any]] = []
+    try:
+        for name, n in (("1 board", 1), (many, plan.boards)):
+            server = rb.start_server("ours", python, pin, logdir, extra)
+            base = f"http://{HOST}:{server.port}"
+            t0 = time.monotonic()
+            features = await seed_http(session, base, n)
+            seeding[name] = round(time.monotonic() - t0, 1)
+            target = HttpBoards(name, server, features)
+            target.tokens = await http_tokens(session, base, plan.http_votes // 3 // HTTP_PAIRS)
+            targets[name] = target
+            print(f"  http: seeded {name} in {seeding[name]} s", file=sys.stderr)
+        slugs = {name: list(t.features) for name, t in targets.items()}
+        # (row, server, boards the votes go to): random boards; then all on one of the many
+        conds = [
+            ("1 board", "1 board", slugs["1 board"]),
+            (many, many, slugs[many]),
+            (f"{many}, one of them", many, slugs[many][1:2]),
+        ]
+        for rep in range(plan.reps + 1):  # round 0 warms up (and visits the boards)
+            waited = await bs.wait_quiet(args.quiet_wait)
+            order = conds if rep % 2 == 0 else conds[::-1]
+            for row, name, board_slugs in order:
+                target = targets[name]
+                lines = http_vote_lines(
+                    rng, target.features, board_slugs, target.tokens, plan.http_votes
+                )
+                votes_file = logdir / "votes.txt"
+                votes_file.write_text("\n".join(lines) + "\n")
+                run = http_run(target, votes_file, client_pin, HTTP_CONNECTIONS)
+                run.update(rep=rep, row=row, waited_s=round(waited, 1))
+                print(
+                    f"  http: round {rep} {row}: {run['us_per_vote']:.1f} µs/vote, "
+                    f"{run['votes_per_s']:.0f} votes/s, server CPU {run['server_cpu_pct']:.0f}%, "
+                    f"wrk {run['wrk_cpu_pct']:.0f}%, other {run['other_cpu_pct']:.0f}%",
+                    file=sys.stderr,
+                )
+                if rep > 0:
+                    runs.append(run)
+        rss = {name: round(bs.rss_mib(t.server.proc.pid), 1) for name, t in targets.items()}
+    finally:
+        await session.close()
+        for t in targets.values():
+            rb.stop_process(t.server.proc)
+    by: dict[str, dict[int, dict[str, Any]]] = defaultdict(dict)
+    for r in runs:
+        by[r["row"]][r["rep"]] = r
+    reps = sorted(by["1 board"])
+    rows = []
+    for row, _, _ in conds:
+        vals = [by[row][i]["us_per_vote"] for i in reps]
+        ratios = [v / by["1 board"][i]["us_per_vote"] for v, i in zip(vals, reps, strict=True)]
+        rows.append(
+            {
+                "directory": row,
+                "vote_us": statistics.median(vals),
+                "ratio": statistics.median(ratios),
+                "ratios": [round(x, 3) for x in ratios],
+                "vote_us_reps": [round(v, 1) for v in vals],
+                "votes_per_s": statistics.median(by[row][i]["votes_per_s"] for i in reps),
+                "p99_ms": statistics.median(by[row][i]["p99_ms"] for i in reps),
+                "other_cpu_max_pct": max(by[row][i]["other_cpu_pct"] for i in reps),
+            }
+        )
+    return {"rows": rows, "runs": runs, "seeding_s": seeding, "rss_mib": rss}
 
 
 # --- part 2: sockets on other boards ----------------------------------------------------------
@@ -557,6 +783,20 @@ def targets_of(plan: Plan, res: dict[str, Any]) -> list[dict[str, Any]]:
                     "note": "votes on random boards",
                 }
             )
+    for r in res.get("http", {}).get("rows", []):
+        if r["directory"] == many:
+            one = next(x for x in res["http"]["rows"] if x["directory"].endswith("one of them"))
+            found.append(
+                {
+                    "figure": f"vote cost with {label(plan.boards)} boards ({FEATURES} features "
+                    "each) ÷ with 1 (memory store, HTTP end to end)",
+                    "value": r["ratio"],
+                    "target": f"≤ {TARGET_VOTE:g}",
+                    "met": r["ratio"] <= TARGET_VOTE,
+                    "note": f"server CPU per vote, wrk -c{HTTP_CONNECTIONS}, votes on random "
+                    f"boards; all on one of them {one['ratio']:.2f}",
+                }
+            )
     if "sockets" in res:
         s = res["sockets"]["summary"]
         found.append(
@@ -607,6 +847,37 @@ def render(
             out.append(
                 f"| {r['store']} | {r['directory']} | {fmt(r['vote_us'], 2)} "
                 f"| {r['ratio']:.2f} | {', '.join(f'{x:.2f}' for x in r['ratios'])} |"
+            )
+        out.append("")
+    if "http" in res:
+        h = res["http"]
+        out += [
+            "### Vote cost over HTTP, end to end (memory store)",
+            "",
+            f"Two `python -m service` on CPU 0 (FV_STORE=memory, rate limits off), one seeded "
+            f"through the API with 1 board, one with {label(plan.boards)} boards, "
+            f"{FEATURES} features each (seeding: "
+            + ", ".join(f"{k} {v} s" for k, v in h["seeding_s"].items())
+            + "; server RSS at the end: "
+            + ", ".join(f"{k} {v} MiB" for k, v in h["rss_mib"].items())
+            + f"). Per run {plan.http_votes:,} votes from wrk -t1 -c{HTTP_CONNECTIONS} on CPU 1 "
+            "(bench/boards_wrk.lua: PUT/DELETE /boards/{slug}/features/{id}/vote, each request "
+            f"once; {plan.http_votes // 3 // HTTP_PAIRS:,} voters on {HTTP_PAIRS} distinct "
+            "(board, feature) pairs each, +1/-1, each flipped, each retracted), on random boards "
+            "or all on one board among the many. CPU = the server's utime + stime "
+            "(/proc/<pid>/stat) per vote; medians of the repetitions (order alternating); ratio "
+            "= median of each repetition's ratio to the one-board server. Other load = CPU of "
+            "processes outside the benchmark during a run (worst run, % of one core).",
+            "",
+            "| directory | CPU µs/vote | ÷ 1 board | per repetition | votes/s | p99 ms "
+            "| other load % |",
+            "|---|---:|---:|---|---:|---:|---:|",
+        ]
+        for r in h["rows"]:
+            out.append(
+                f"| {r['directory']} | {fmt(r['vote_us'])} | {r['ratio']:.2f} "
+                f"| {', '.join(f'{x:.2f}' for x in r['ratios'])} | {fmt(r['votes_per_s'], 0)} "
+                f"| {fmt(r['p99_ms'], 2)} | {fmt(r['other_cpu_max_pct'], 0)} |"
             )
         out.append("")
     if "sockets" in res:
@@ -701,13 +972,14 @@ def meta_info(
         "load": f"{plan.reps} repetitions + 1 warm-up; store: {label(plan.boards)} boards x "
         f"{FEATURES} features, {3 * plan.store_k['memory']} memory / "
         f"{3 * plan.store_k['redis']} Redis votes per directory and repetition in "
-        f"{plan.chunks} chunks; sockets: {plan.sockets:,} on {plan.socket_boards} other boards, "
+        f"{plan.chunks} chunks; HTTP: {plan.http_votes:,} votes per run and directory; "
+        f"sockets: {plan.sockets:,} on {plan.socket_boards} other boards, "
         f"{plan.votes} votes per window at {plan.vote_rate:g}/s; memory: "
         f"{plan.empty_boards:,} empty boards",
         "settings": ", ".join(f"{k}=0" for k in UNLIMITED) + "; otherwise the defaults "
         "(ws_heartbeat 30 s, push_interval 0.02 s, JSON access log)",
-        "pinning": "servers (service, redis-server) on CPU 0, this process and the socket "
-        "client on CPU 1 (taskset)"
+        "pinning": "servers (service, redis-server) on CPU 0, this process, the socket "
+        "client and wrk on CPU 1 (taskset)"
         if pinned
         else "not pinned",
     }
@@ -729,6 +1001,7 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
         vote_rate=40.0,
         votes=150 if quick else int(HEARTBEAT * 40),  # full: a window is one heartbeat
         empty_boards=2000 if quick else 10_000,
+        http_votes=3 * HTTP_PAIRS * (400 if quick else 2000),
     )
     parts = args.only or list(PARTS)
     pinned = shutil.which("taskset") is not None and (os.cpu_count() or 1) >= 2 and not args.no_pin
@@ -746,12 +1019,27 @@ async def amain(args: argparse.Namespace, argv: list[str]) -> int:
         res["sockets"] = await part_sockets(plan, args, pin, client_pin, logdir)
     if "store" in parts:
         res["store"] = await part_store(plan, args, pin, logdir)
+    if "http" in parts:
+        res["http"] = await part_http(plan, args, pin, client_pin, logdir)
+    stem = "boards-quick" if quick else "boards"
+    results = BENCH / "results"
+    earlier = results / f"{stem}.json"
+    if args.keep_others and earlier.exists():  # the parts not run now: from the last run's file
+        old = json.loads(earlier.read_text())
+        kept = [p for p in PARTS if p not in parts and p in old]
+        for p in kept:
+            res[p] = old[p]
+        if kept:  # (a file that itself kept parts says so in its own "earlier parts")
+            m = old["meta"]
+            meta["earlier parts"] = m.get("earlier parts") or (
+                f"{', '.join(kept)} from the run of {m['date']} ({m['command']}; {m['code']}; "
+                f"{m['run time']})"
+            )
+    if "store" in res:
         meta["seeding (s)"] = ", ".join(f"{k} {v}" for k, v in res["store"]["seeding_s"].items())
     meta["run time"] = f"{time.monotonic() - started:.0f} s"
     found = targets_of(plan, res)
     text = render(plan, res, meta, found)
-    stem = "boards-quick" if quick else "boards"
-    results = BENCH / "results"
     results.mkdir(exist_ok=True)
     (results / f"{stem}.md").write_text(text)
     (results / f"{stem}.json").write_text(
@@ -776,6 +1064,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated parts of {','.join(PARTS)}",
     )
     parser.add_argument("--no-pin", action="store_true", help="do not pin with taskset")
+    parser.add_argument(
+        "--keep-others",
+        action="store_true",
+        help="with --only: keep the other parts' figures from the last results file",
+    )
     parser.add_argument(
         "--quiet-wait",
         type=float,
