@@ -446,7 +446,6 @@ class DurableStore(MemoryStore):
         super().__init__(**options)
         self._journal = journal
         self._wall = wall
-        self._position = 0
         self.directory: SqliteBoards | None = None  # the directory whose file holds it
         self._told = 0  # the last seq listeners heard of (after its commit)
 
@@ -709,7 +708,6 @@ class DurableStore(MemoryStore):
     def insert_row(self, position: int) -> Statement:
         """The board's own row, for a board being made."""
         board, identity = self._board, self.identity
-        self._position = position
         return (
             "INSERT INTO boards VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
@@ -778,15 +776,9 @@ class DurableStore(MemoryStore):
                 )
         fresh._next_id = max(rows.next_id, max(fresh._features, default=0) + 1)
         # seq never goes back, also across a rebuild: what listeners heard stays behind it.
-        fresh._seq = max(rows.seq, self._seq if self._seq > rows.seq else rows.seq)
+        fresh._seq = max(rows.seq, self._seq)
         self._adopt(fresh)
-        self._position = rows.position
         self.touched = self._clock() - max(0.0, now_wall - rows.touched)
-
-    @property
-    def position(self) -> int:
-        """Where the board comes in the order boards were made."""
-        return self._position
 
     async def rebuild(self, rows: _BoardRows) -> None:
         """restore() under the board's lock. (Its seq, which never goes back, is written to
@@ -960,15 +952,6 @@ class SqliteBoards(MemoryBoards):
 
     async def close(self) -> None:
         self.journal.close()
-
-    async def backup(self, target: Path) -> None:
-        """A consistent copy of the file while serving (SQLite's online backup)."""
-
-        def copy(conn: sqlite3.Connection) -> None:
-            with contextlib.closing(sqlite3.connect(target)) as out:
-                conn.backup(out)
-
-        await self.journal.read(copy)
 
 
 def backup_file(source: Path, target: Path) -> None:
