@@ -181,7 +181,9 @@ def _stats_op(path: str) -> Op:
         Stats,
         errors=(304, 503),
         params=(IF_NONE_MATCH_PARAM,),
-        headers={"ETag": 'W/"<seq>" (W/"<seq>-public" or W/"<seq>-admin" while hidden)'},
+        headers={
+            "ETag": 'W/"<epoch>.<seq>" (W/"<epoch>.<seq>-public" or -admin while hidden)'
+        },
         description=ADMIN_VIEW,
     )
 
